@@ -1,0 +1,55 @@
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from esc_hf.convert import load_authors_checkpoint
+
+
+TESTS = Path(__file__).parent
+REFERENCE = TESTS / "fixtures" / "reference"
+TINY_FIXTURES = ["swin_csrvq", "swin_rvq", "conv_csrvq", "conv_rvq"]
+# The ESC-Base-sized fixture is too large to copy into the repo; it is read from shared/ beside the checkout.
+ESC_BASE_FIXTURE = TESTS.parent.parent / "shared" / "reference" / "esc_base_random"
+SPEECH = sorted((TESTS / "data").glob("*.flac"))
+
+torch.set_num_threads(2)
+
+
+class Fixture:
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.name = folder.name
+        self.meta = json.loads((folder / "config.json").read_text())
+        self.inputs = load_file(str(folder / "inputs.safetensors"))
+        self.outputs = load_file(str(folder / "outputs.safetensors"))
+        short = folder / "outputs_short.safetensors"
+        self.outputs_short = load_file(str(short)) if short.exists() else None
+
+    def model(self):
+        return load_authors_checkpoint(self.folder)
+
+
+_cache = {}
+
+
+def get_fixture(name: str) -> Fixture:
+    if name not in _cache:
+        folder = ESC_BASE_FIXTURE if name == "esc_base_random" else REFERENCE / name
+        if not folder.exists():
+            pytest.skip(f"{folder} is not present (it lives in the project's shared/ folder beside the checkout)")
+        _cache[name] = Fixture(folder)
+    return _cache[name]
+
+
+@pytest.fixture(params=TINY_FIXTURES)
+def tiny(request) -> Fixture:
+    return get_fixture(request.param)
+
+
+@pytest.fixture
+def tiny_model():
+    """The `swin_csrvq` fixture model (63k parameters), eval mode."""
+    return get_fixture("swin_csrvq").model()
