@@ -2,9 +2,12 @@
 """Feature extractor for ESC: prepares 16 kHz mono waveforms (and their padding mask) for [`EscModel`]."""
 
 import numpy as np
+import torch
 from transformers.feature_extraction_sequence_utils import SequenceFeatureExtractor
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import PaddingStrategy, TensorType, logging
+
+from .modeling_esc import esc_istft, esc_padded_length, esc_stft
 
 
 logger = logging.get_logger(__name__)
@@ -19,8 +22,12 @@ class EscFeatureExtractor(SequenceFeatureExtractor):
     and returns `input_values` `(batch_size, 1, sequence_length)` with a `padding_mask` `(batch_size,
     sequence_length)` (1 = audio, 0 = padding).
 
-    The complex STFT is not computed here: it is the first layer of [`EscModel`] (its inverse is the last), so the
-    model takes waveforms. Resample to `sampling_rate` before calling (e.g. with `soxr`).
+    The complex STFT is the first layer of [`EscModel`] (its inverse is the last), so by default the model gets
+    waveforms. With `return_stft=True` the extractor also returns that STFT as `input_features`, computed by the
+    same function the model calls ([`esc_stft`]) on the same zero-padded signal, so
+    `model.encode(input_features=...)` gives the waveform path's codes; [`~EscFeatureExtractor.inverse`] turns
+    features back into audio with the model's inverse STFT. Resample to `sampling_rate` before calling (e.g. with
+    `soxr`).
 
     Args:
         feature_size (`int`, *optional*, defaults to 1):
@@ -29,12 +36,75 @@ class EscFeatureExtractor(SequenceFeatureExtractor):
             The sampling rate the model expects, in Hz.
         padding_value (`float`, *optional*, defaults to 0.0):
             Value used to pad shorter items of a batch.
+        n_fft (`int`, *optional*, defaults to 382):
+            FFT size; `n_fft // 2 + 1` frequency bins (192).
+        hop_length (`int`, *optional*, defaults to 80):
+            STFT hop in samples (5 ms).
+        win_length (`int`, *optional*, defaults to 320):
+            Periodic Hann window length in samples (20 ms), zero-padded to `n_fft`.
+        frames_per_code (`int`, *optional*, defaults to 4):
+            STFT frames per code frame; the signal is zero-padded to `hop_length * (frames_per_code * k - 1)`
+            samples, the lengths the network round-trips.
     """
 
     model_input_names = ["input_values", "padding_mask"]
 
-    def __init__(self, feature_size: int = 1, sampling_rate: int = 16000, padding_value: float = 0.0, **kwargs):
+    def __init__(
+        self,
+        feature_size: int = 1,
+        sampling_rate: int = 16000,
+        padding_value: float = 0.0,
+        n_fft: int = 382,
+        hop_length: int = 80,
+        win_length: int = 320,
+        frames_per_code: int = 4,
+        **kwargs,
+    ):
         super().__init__(feature_size=feature_size, sampling_rate=sampling_rate, padding_value=padding_value, **kwargs)
+        if not 0 < win_length <= n_fft or hop_length < 1 or frames_per_code < 1:
+            raise ValueError(
+                f"need 0 < win_length <= n_fft and positive hop_length, frames_per_code; got n_fft={n_fft}, "
+                f"win_length={win_length}, hop_length={hop_length}, frames_per_code={frames_per_code}"
+            )
+        self.n_fft, self.hop_length, self.win_length = n_fft, hop_length, win_length
+        self.frames_per_code = frames_per_code
+
+    @property
+    def num_frequency_bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+    def stft(self, waveforms: torch.Tensor) -> torch.Tensor:
+        """ESC's complex STFT of `(B, L)` waveforms, zero-padded as the model pads them: `(B, 2, F, T)`."""
+        padded = esc_padded_length(waveforms.shape[-1], self.hop_length, self.frames_per_code, self.n_fft)
+        waveforms = torch.nn.functional.pad(waveforms, (0, padded - waveforms.shape[-1]))
+        window = torch.hann_window(self.win_length, dtype=waveforms.dtype)
+        return esc_stft(waveforms, window, self.n_fft, self.hop_length)
+
+    def inverse(self, features, lengths=None) -> torch.Tensor:
+        """Waveforms `(B, L)` from STFT features `(B, 2, F, T)` with the model's inverse STFT.
+
+        `lengths` (ints, one per item, or one int for all) crops each item and zeroes what lies beyond it;
+        without it every item has `hop_length * (T - 1)` samples.
+        """
+        features = torch.as_tensor(features)
+        expected = f"(batch, 2, {self.num_frequency_bins}, frames)"
+        if features.dim() != 4 or features.shape[1] != 2 or features.shape[2] != self.num_frequency_bins:
+            raise ValueError(f"features must have shape {expected}, got {tuple(features.shape)}")
+        if not features.is_floating_point() or features.shape[3] < 2:
+            raise ValueError(f"features must be floating point of shape {expected} with at least 2 frames")
+        window = torch.hann_window(self.win_length, dtype=features.dtype)
+        audio = esc_istft(features, window, self.n_fft, self.hop_length)
+        if lengths is None:
+            return audio
+        lengths = [int(lengths)] * audio.shape[0] if np.isscalar(lengths) else [int(n) for n in lengths]
+        if len(lengths) != audio.shape[0] or not all(0 < n <= audio.shape[-1] for n in lengths):
+            raise ValueError(
+                f"lengths must give one length per item, each from 1 to {audio.shape[-1]}; got {lengths}"
+            )
+        audio = audio[:, : max(lengths)].clone()
+        for i, n in enumerate(lengths):
+            audio[i, n:] = 0
+        return audio
 
     def _to_mono(self, audio, index: int) -> np.ndarray:
         if hasattr(audio, "detach"):  # torch.Tensor, without importing torch here
@@ -69,6 +139,7 @@ class EscFeatureExtractor(SequenceFeatureExtractor):
         max_length: int | None = None,
         return_tensors: str | TensorType | None = None,
         sampling_rate: int | None = None,
+        return_stft: bool = False,
     ) -> BatchFeature:
         """
         Args:
@@ -86,10 +157,15 @@ class EscFeatureExtractor(SequenceFeatureExtractor):
                 `"pt"` or `"np"`; lists when not given.
             sampling_rate (`int`, *optional*):
                 Sampling rate of `raw_audio`; must equal the extractor's. Always pass it.
+            return_stft (`bool`, *optional*, defaults to `False`):
+                Also return `input_features` `(batch_size, 2, num_frequency_bins, frames)` float32, ESC's complex
+                STFT (real, imaginary), and `frame_mask` `(batch_size, frames)`: 1 for frames centred on real
+                samples. Needs equal lengths or padding.
 
         Returns:
             [`BatchFeature`] with `input_values` `(batch_size, 1, sequence_length)` and, when padding,
-            `padding_mask` `(batch_size, sequence_length)`.
+            `padding_mask` `(batch_size, sequence_length)`; with `return_stft`, also `input_features` and
+            `frame_mask`.
         """
         if sampling_rate is None:
             logger.warning_once(
@@ -119,6 +195,16 @@ class EscFeatureExtractor(SequenceFeatureExtractor):
         if "attention_mask" in padded:
             padded["padding_mask"] = padded.pop("attention_mask")
         padded["input_values"] = [np.asarray(values)[None, :] for values in padded["input_values"]]
+        if return_stft:
+            if len({values.shape[-1] for values in padded["input_values"]}) != 1:
+                raise ValueError("return_stft needs items of equal length: pass padding=True")
+            waveforms = torch.from_numpy(np.concatenate(padded["input_values"]))
+            features = self.stft(waveforms)
+            lengths = [len(values) for values in mono] if not truncation else [waveforms.shape[-1]] * len(mono)
+            frames = torch.arange(features.shape[-1]) * self.hop_length
+            lengths = torch.tensor([min(n, waveforms.shape[-1]) for n in lengths])
+            padded["input_features"] = list(features.numpy())
+            padded["frame_mask"] = list((frames[None, :] < lengths[:, None]).to(torch.int32).numpy())
         if return_tensors is not None:
             padded = padded.convert_to_tensors(return_tensors)
         return padded

@@ -117,6 +117,15 @@ def esc_istft(stft: torch.Tensor, window: torch.Tensor, n_fft: int, hop_length: 
     )
 
 
+def esc_padded_length(length: int, hop_length: int, frames_per_code: int, n_fft: int) -> int:
+    """Smallest length `>= length` that ESC round-trips exactly, `hop * (frames_per_code * k - 1)` (80·(4k−1) for
+    ESC): its STFT has a multiple of `frames_per_code` frames, and reflect padding needs more than `n_fft / 2`."""
+    k = max(1, math.ceil((length / hop_length + 1) / frames_per_code))
+    while hop_length * (frames_per_code * k - 1) <= n_fft // 2:
+        k += 1
+    return hop_length * (frames_per_code * k - 1)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Swin backbone
 
@@ -725,19 +734,13 @@ class EscModel(EscPreTrainedModel):
     # -- helpers ------------------------------------------------------------------------------------------------
 
     @property
-    def _multiple(self) -> int:
-        return self.config.hop_length * self.config.patch_size[1] * self.config.overlap
+    def frames_per_code(self) -> int:
+        """STFT frames per code frame (4 for ESC)."""
+        return self.config.patch_size[1] * self.config.overlap
 
     def padded_length(self, length: int) -> int:
-        """Smallest length `>= length` that the network round-trips exactly: `hop * (m * k - 1)` with
-        `m = patch_time * overlap` (80 * (4k - 1) for ESC)."""
-        hop, frames = self.config.hop_length, self._multiple // self.config.hop_length
-        k = max(1, math.ceil((length / hop + 1) / frames))
-        padded = hop * (frames * k - 1)
-        while padded // 2 < self.config.n_fft // 2 + 1:  # reflect padding needs more samples than n_fft / 2
-            k += 1
-            padded = hop * (frames * k - 1)
-        return padded
+        """The length `length` samples are zero-padded to before the STFT (see [`esc_padded_length`])."""
+        return esc_padded_length(length, self.config.hop_length, self.frames_per_code, self.config.n_fft)
 
     def _resolve_num_streams(self, num_streams: int | None, bandwidth: float | None) -> int:
         if num_streams is not None and bandwidth is not None:
@@ -776,6 +779,25 @@ class EscModel(EscPreTrainedModel):
             input_values = input_values * padding_mask.to(input_values.dtype)
         return input_values
 
+    def _check_features(self, input_features: torch.Tensor) -> torch.Tensor:
+        bins, multiple = self.config.num_frequency_bins, self.frames_per_code
+        expected = f"(batch, 2, {bins}, frames) with frames a positive multiple of {multiple}"
+        if not isinstance(input_features, torch.Tensor) or not input_features.is_floating_point():
+            raise ValueError(f"input_features must be a floating point torch.Tensor of shape {expected}")
+        shape = tuple(input_features.shape)
+        if len(shape) != 4 or shape[1] != 2 or shape[2] != bins or shape[3] == 0 or shape[3] % multiple:
+            raise ValueError(f"input_features must have shape {expected}, got {shape}")
+        return input_features
+
+    def _input_stft(self, input_values, padding_mask, input_features) -> tuple[torch.Tensor, int | None]:
+        """The STFT the encoder sees and the waveform length (None when features were given)."""
+        if (input_values is None) == (input_features is None):
+            raise ValueError("give exactly one of input_values (waveform) and input_features (STFT)")
+        if input_features is not None:
+            return self._check_features(input_features), None
+        waveform = self._prepare_waveform(input_values, padding_mask)
+        return self._stft(waveform), waveform.shape[-1]
+
     def _stft(self, waveform: torch.Tensor) -> torch.Tensor:
         padded = self.padded_length(waveform.shape[-1])
         waveform = F.pad(waveform, (0, padded - waveform.shape[-1]))
@@ -813,10 +835,11 @@ class EscModel(EscPreTrainedModel):
 
     def encode(
         self,
-        input_values: torch.Tensor,
+        input_values: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
         num_streams: int | None = None,
         bandwidth: float | None = None,
+        input_features: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> tuple | EscEncoderOutput:
         r"""
@@ -829,15 +852,17 @@ class EscModel(EscPreTrainedModel):
                 Streams to encode, 1 … `config.num_streams` (default: all). Each adds 1.5 kbps for ESC.
             bandwidth (`float`, *optional*):
                 Alternative to `num_streams`, in kbps (one of `config.target_bandwidths`).
+            input_features (`torch.FloatTensor` of shape `(batch_size, 2, num_frequency_bins, frames)`, *optional*):
+                ESC's complex STFT, as `EscFeatureExtractor(..., return_stft=True)` returns it, instead of
+                `input_values`; `frames` must be a multiple of 4.
 
         Returns:
             [`EscEncoderOutput`] with `audio_codes` `(batch_size, num_streams, group_size, code_frames)`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         num_streams = self._resolve_num_streams(num_streams, bandwidth)
-        waveform = self._prepare_waveform(input_values, padding_mask)
         with torch.no_grad():
-            codes = self._encode_codes(self._stft(waveform), num_streams)
+            codes = self._encode_codes(self._input_stft(input_values, padding_mask, input_features)[0], num_streams)
         return EscEncoderOutput(codes) if return_dict else (codes,)
 
     def _encode_codes(self, stft: torch.Tensor, num_streams: int) -> torch.LongTensor:
@@ -877,8 +902,9 @@ class EscModel(EscPreTrainedModel):
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_codes(audio_codes)
-        stft = self._decode_stft(audio_codes.long())
-        audio = self._finish_audio(self._istft(stft), padding_mask, None)
+        with torch.no_grad():
+            stft = self._decode_stft(audio_codes.long())
+            audio = self._finish_audio(self._istft(stft), padding_mask, None)
         stft = stft if return_stft else None
         if not return_dict:
             return (audio, stft) if return_stft else (audio,)
@@ -901,11 +927,12 @@ class EscModel(EscPreTrainedModel):
 
     def forward(
         self,
-        input_values: torch.Tensor,
+        input_values: torch.Tensor | None = None,
         padding_mask: torch.Tensor | None = None,
         num_streams: int | None = None,
         bandwidth: float | None = None,
         bypass_quantizer: bool = False,
+        input_features: torch.Tensor | None = None,
         return_dict: bool | None = None,
     ) -> tuple | EscOutput:
         r"""
@@ -923,6 +950,8 @@ class EscModel(EscPreTrainedModel):
             bypass_quantizer (`bool`, *optional*, defaults to `False`):
                 Warm start: skip the codebooks (`z_q = W_out W_in z_e`, projections kept), all streams used, VQ
                 losses zero. Training mode only.
+            input_features (`torch.FloatTensor` of shape `(batch_size, 2, num_frequency_bins, frames)`, *optional*):
+                ESC's complex STFT instead of `input_values` (see [`~EscModel.encode`]).
 
         Returns:
             [`EscOutput`].
@@ -931,8 +960,7 @@ class EscModel(EscPreTrainedModel):
         num_streams = self._resolve_num_streams(num_streams, bandwidth)
         if bypass_quantizer and not self.training:
             raise ValueError("bypass_quantizer (warm start) is a training-mode option; call model.train() first")
-        waveform = self._prepare_waveform(input_values, padding_mask)
-        input_stft = self._stft(waveform)
+        input_stft, length = self._input_stft(input_values, padding_mask, input_features)
         hidden_states, width = self.encoder(input_stft)
         if bypass_quantizer:
             num_streams = self.config.num_streams
@@ -942,7 +970,7 @@ class EscModel(EscPreTrainedModel):
             recon_stft, codes, commitment, codebook = self._csrvq_forward(
                 hidden_states, width, num_streams, bypass_quantizer
             )
-        audio = self._finish_audio(self._istft(recon_stft), padding_mask, waveform.shape[-1])
+        audio = self._finish_audio(self._istft(recon_stft), padding_mask, length)
         loss = (
             self.config.commitment_loss_weight * commitment.mean()
             + self.config.codebook_loss_weight * codebook.mean()
@@ -975,4 +1003,13 @@ class EscModel(EscPreTrainedModel):
         return self.decoder.project_out(decoded, height, width), codes, commitment, codebook
 
 
-__all__ = ["EscModel", "EscPreTrainedModel", "EscOutput", "EscEncoderOutput", "EscDecoderOutput", "esc_stft", "esc_istft"]
+__all__ = [
+    "EscModel",
+    "EscPreTrainedModel",
+    "EscOutput",
+    "EscEncoderOutput",
+    "EscDecoderOutput",
+    "esc_stft",
+    "esc_istft",
+    "esc_padded_length",
+]

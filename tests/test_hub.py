@@ -74,6 +74,8 @@ from transformers import AutoFeatureExtractor, AutoModel
 model = AutoModel.from_pretrained("org/esc-tiny", trust_remote_code=True).eval()
 fe = AutoFeatureExtractor.from_pretrained("org/esc-tiny", trust_remote_code=True)
 codes = model.encode(x, num_streams=4).audio_codes
+features = fe(list(x.numpy()), sampling_rate=16000, return_stft=True, return_tensors="pt").input_features
+assert torch.equal(model.encode(input_features=features, num_streams=4).audio_codes, codes)
 try:
     import esc_hf
     imported = True
