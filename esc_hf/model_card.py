@@ -7,11 +7,30 @@ from string import Template
 TEMPLATE = Path(__file__).with_name("model_card.md")
 
 
+def model_index(title: str, rows: list[dict], dataset: str = "validation speech") -> str:
+    """`model-index` front matter with one result per bitrate (rows as `training.evaluation` writes them)."""
+    lines = ["model-index:", f"- name: {title}", "  results:"]
+    for row in rows:
+        lines += [
+            "  - task:",
+            "      type: audio-to-audio",
+            "      name: speech coding",
+            "    dataset:",
+            f"      name: {dataset}",
+            "      type: speech",
+            "    metrics:",
+        ]
+        for key, name in (("pesq", "PESQ-WB"), ("stoi", "STOI"), ("mel_distance", "mel distance"), ("si_sdr", "SI-SDR")):
+            lines += [f"    - type: {key}", f"      name: {name} at {row['kbps']:g} kbps", f"      value: {row[key]:.4f}"]
+    return "\n".join(lines) + "\n"
+
+
 def render_model_card(model, source: str, title: str = "ESC", repo_id: str = "path/to/this/folder",
-                      training: str = "") -> str:
-    """The card text for `model`; `source` says where the weights come from, `training` may add a section."""
+                      training: str = "", metrics: list[dict] | None = None) -> str:
+    """The card text for `model`; `source` says where the weights come from, `training` may add a section and
+    `metrics` (evaluation rows per bitrate) become the card's `model-index`."""
     config = model.config
-    return Template(TEMPLATE.read_text()).substitute(
+    text = Template(TEMPLATE.read_text()).substitute(
         title=title,
         source=source,
         repo_id=repo_id,
@@ -31,6 +50,10 @@ def render_model_card(model, source: str, title: str = "ESC", repo_id: str = "pa
         frame_rate=f"{config.frame_rate:g}",
         bitrate_per_stream=f"{config.bitrate_per_stream:g}",
     )
+    if metrics:
+        end = text.index("\n---\n", 4)
+        text = text[:end + 1] + model_index(title, metrics) + text[end + 1 :]
+    return text
 
 
 def write_model_card(folder, model, source: str, **kwargs) -> Path:

@@ -1,0 +1,92 @@
+"""Speech quality metrics for codec evaluation, on 16 kHz mono waveforms (numpy or torch, `(L,)`).
+
+PESQ-WB and STOI come from the `pesq` and `pystoi` packages; the mel distance is the log-mel L1 part of ESC's
+training loss summed over its 7 scales (the paper's metric); SI-SDR is the scale-invariant SDR of zero-mean signals.
+"""
+
+import numpy as np
+import torch
+
+
+def _as_numpy(audio) -> np.ndarray:
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().float().numpy()
+    audio = np.asarray(audio, dtype=np.float64).reshape(-1)
+    if audio.size == 0 or not np.isfinite(audio).all():
+        raise ValueError("metrics need non-empty, finite audio")
+    return audio
+
+
+def _pair(reference, estimate) -> tuple[np.ndarray, np.ndarray]:
+    reference, estimate = _as_numpy(reference), _as_numpy(estimate)
+    if reference.shape != estimate.shape:
+        raise ValueError(f"reference and estimate differ in length: {reference.size} vs {estimate.size}")
+    return reference, estimate
+
+
+def si_sdr(reference, estimate, eps: float = 1e-12) -> float:
+    """Scale-invariant signal-to-distortion ratio in dB (both signals made zero-mean first)."""
+    reference, estimate = _pair(reference, estimate)
+    reference, estimate = reference - reference.mean(), estimate - estimate.mean()
+    target = (estimate @ reference) / (reference @ reference + eps) * reference
+    noise = estimate - target
+    return float(10 * np.log10((target @ target + eps) / (noise @ noise + eps)))
+
+
+def pesq_wb(reference, estimate, sampling_rate: int = 16000) -> float:
+    """Wide-band PESQ (MOS-LQO, about 1.0 to 4.64). Returns NaN where PESQ finds no speech in the reference."""
+    from pesq import NoUtterancesError, pesq
+
+    reference, estimate = _pair(reference, estimate)
+    try:
+        return float(pesq(sampling_rate, reference, estimate, "wb"))
+    except NoUtterancesError:
+        return float("nan")
+
+
+def stoi(reference, estimate, sampling_rate: int = 16000) -> float:
+    """Short-time objective intelligibility (0 to 1)."""
+    from pystoi import stoi as _stoi
+
+    reference, estimate = _pair(reference, estimate)
+    return float(_stoi(reference, estimate, sampling_rate, extended=False))
+
+
+_MEL = {}
+
+
+def mel_distance(reference, estimate, sampling_rate: int = 16000) -> float:
+    """Sum over ESC's 7 mel scales of the mean |log10 mel² difference| (lower is better)."""
+    from .training.losses import MultiScaleMelLoss
+
+    if sampling_rate not in _MEL:
+        _MEL[sampling_rate] = MultiScaleMelLoss(sampling_rate)
+    loss = _MEL[sampling_rate]
+    reference, estimate = _pair(reference, estimate)
+    x = torch.from_numpy(reference).float()[None]
+    y = torch.from_numpy(estimate).float()[None]
+    with torch.no_grad():
+        total = 0.0
+        for scale in range(len(loss.window_lengths)):
+            log_x = loss.mel(x, scale).clamp(loss.clamp_eps).pow(2).log10()
+            log_y = loss.mel(y, scale).clamp(loss.clamp_eps).pow(2).log10()
+            total += (log_x - log_y).abs().mean().item()
+    return total
+
+
+def code_utilization(codes: torch.Tensor, codebook_size: int) -> float:
+    """Mean over streams and groups of the entropy of the empirical code distribution divided by
+    log2(codebook_size): 1.0 means every code is used equally often, so the nominal bitrate is fully used.
+
+    `codes` is `(..., streams, groups, frames)`; frames of all leading items are pooled.
+    """
+    if codes.dim() < 3:
+        raise ValueError(f"codes must be (..., streams, groups, frames), got {tuple(codes.shape)}")
+    flat = codes.reshape(-1, *codes.shape[-3:]).permute(1, 2, 0, 3).reshape(codes.shape[-3], codes.shape[-2], -1)
+    ratios = []
+    for stream in flat:
+        for group in stream:
+            counts = torch.bincount(group.long().cpu(), minlength=codebook_size).double()
+            p = counts[counts > 0] / counts.sum()
+            ratios.append(float(-(p * p.log2()).sum() / np.log2(codebook_size)))
+    return float(np.mean(ratios))

@@ -1,0 +1,136 @@
+"""Every training option with its default (the paper's recipe, ESC_SPEC §6), read from YAML and the command line."""
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+from transformers import HfArgumentParser
+
+from ..configuration_esc import ESC_VARIANTS, EscConfig
+
+
+@dataclass
+class TrainingArguments:
+    # Model
+    variant: str = field(default="esc-base", metadata={"help": f"ESC variant: {', '.join(ESC_VARIANTS)}"})
+    init_from: str | None = field(default=None, metadata={"help": "start from this save_pretrained folder"})
+    # Data
+    data_dir: str | None = field(default=None, metadata={"help": "folder of audio files (recursive)"})
+    val_dir: str | None = field(default=None, metadata={"help": "folder of validation audio (else a split of data)"})
+    dataset: str | None = field(default=None, metadata={"help": "Hugging Face dataset name or saved path"})
+    dataset_split: str = field(default="train", metadata={"help": "split of --dataset"})
+    audio_column: str = field(default="audio", metadata={"help": "Audio column of --dataset"})
+    streaming: bool = field(default=False, metadata={"help": "stream --dataset instead of decoding it up front"})
+    val_fraction: float = field(default=0.05, metadata={"help": "files held out for validation without --val-dir"})
+    crop_seconds: float = field(default=3.0, metadata={"help": "training crop (rounded down to 80*(4k-1) samples)"})
+    silence_db: float = field(default=-50.0, metadata={"help": "crops quieter than this RMS (dBFS) are skipped"})
+    max_val_clips: int = field(default=32, metadata={"help": "validation clips evaluated"})
+    max_val_seconds: float = field(default=10.0, metadata={"help": "validation clips are cut to this length"})
+    num_workers: int = field(default=2, metadata={"help": "data loader processes"})
+    cache_dir: str | None = field(default=None, metadata={"help": "decoded-audio cache (default OUTPUT/cache)"})
+    # Optimisation
+    batch_size: int = field(default=9, metadata={"help": "crops per device per step"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
+    adam_beta1: float = field(default=0.9)
+    adam_beta2: float = field(default=0.999)
+    lr_schedule: str = field(default="constant", metadata={"help": "constant, cosine or linear (transformers)"})
+    lr_warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
+    max_grad_norm: float = field(default=0.5, metadata={"help": "gradient clipping (global L2 norm)"})
+    max_steps: int = field(default=250_000, metadata={"help": "optimizer steps in all"})
+    warm_start_steps: int = field(default=46_875, metadata={"help": "steps with the quantizers bypassed"})
+    quantizer_dropout: float = field(default=0.75, metadata={"help": "probability of n ~ U{1..6} streams"})
+    gradient_accumulation_steps: int = field(default=1)
+    mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (Accelerate)"})
+    seed: int = field(default=53)
+    # Loss weights
+    commitment_weight: float = field(default=0.25)
+    codebook_weight: float = field(default=1.0)
+    mel_weight: float = field(default=0.25)
+    stft_weight: float = field(default=1.0)
+    # Adversarial option (ESC-Base-adv)
+    adversarial: bool = field(default=False, metadata={"help": "add the DAC discriminators (second optimizer)"})
+    generator_adv_weight: float = field(default=1.0)
+    feature_matching_weight: float = field(default=2.0)
+    discriminator_lr: float = field(default=1e-4)
+    discriminator_max_grad_norm: float = field(default=10.0)
+    generator_max_grad_norm_adv: float = field(default=1000.0, metadata={"help": "generator clip with --adversarial"})
+    # Runs
+    output_dir: str = field(default="runs/esc", metadata={"help": "checkpoints, logs, evaluation, best/ and final/"})
+    save_every: int = field(default=1000, metadata={"help": "checkpoint every N steps"})
+    eval_every: int = field(default=1000, metadata={"help": "evaluate every N steps (after the warm start)"})
+    log_every: int = field(default=10)
+    keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept besides best/ and final/"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
+    report_to: str = field(default="tensorboard", metadata={"help": "Accelerate tracker, or 'none'"})
+    push_to_hub: bool = field(default=False)
+    hub_model_id: str | None = field(default=None)
+    # EscConfig overrides for the model (YAML `model:` section only, e.g. a tiny CPU model)
+    model_overrides: dict = field(default_factory=dict, metadata={"help": "set in the YAML `model:` section"})
+
+    def __post_init__(self):
+        if self.variant not in ESC_VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose one of {sorted(ESC_VARIANTS)}")
+        if self.data_dir is None and self.dataset is None:
+            raise ValueError("give --data-dir or --dataset")
+        if self.lr_schedule not in ("constant", "cosine", "linear"):
+            raise ValueError(f"lr_schedule must be constant, cosine or linear, got {self.lr_schedule!r}")
+        if not 0 <= self.quantizer_dropout <= 1:
+            raise ValueError("quantizer_dropout is a probability")
+        for name in ("batch_size", "max_steps", "save_every", "eval_every", "log_every", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.warm_start_steps < 0:
+            raise ValueError("warm_start_steps must be >= 0")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("--push-to-hub needs --hub-model-id")
+
+    def model_config(self) -> EscConfig:
+        return EscConfig.from_variant(self.variant, **self.model_overrides)
+
+    @property
+    def output_path(self) -> Path:
+        return Path(self.output_dir)
+
+
+def parse_arguments(argv: list[str] | None = None) -> TrainingArguments:
+    """`--config FILE.yaml` supplies defaults (and the `model:` section); other flags override them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(TrainingArguments)
+    # HfArgumentParser writes flags with underscores; accept the dashed spelling users type too.
+    for action in parser._actions:
+        for option in list(action.option_strings):
+            if "_" in option:
+                action.option_strings.append(option.replace("_", "-"))
+                parser._option_string_actions[option.replace("_", "-")] = action
+    parser.add_argument("--config", help="YAML file with any of these options; flags given here override it")
+    config_path = None
+    if "--config" in argv:
+        index = argv.index("--config")
+        if index + 1 >= len(argv):
+            raise ValueError("--config needs a file")
+        config_path = Path(argv[index + 1])
+    defaults = {}
+    if config_path is not None:
+        if not config_path.is_file():
+            raise ValueError(f"config file not found: {config_path}")
+        defaults = yaml.safe_load(config_path.read_text()) or {}
+        known = {f.name for f in dataclasses.fields(TrainingArguments)}
+        overrides = defaults.pop("model", None) or {}
+        unknown = sorted(set(defaults) - known)
+        if unknown:
+            raise ValueError(f"unknown options in {config_path}: {unknown}")
+        defaults["model_overrides"] = overrides
+    for action in parser._actions:
+        if action.dest in defaults and action.dest != "model_overrides":
+            action.required = False
+    parser.set_defaults(**defaults)
+    namespace, rest = parser.parse_known_args(argv)
+    if rest:
+        raise ValueError(f"unknown arguments: {rest}")
+    values = {k: v for k, v in vars(namespace).items() if k != "config"}
+    if not isinstance(values.get("model_overrides"), dict):
+        values["model_overrides"] = defaults.get("model_overrides", {})
+    return TrainingArguments(**values)

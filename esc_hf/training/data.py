@@ -1,0 +1,161 @@
+"""Training data: audio decoded once into one array, then deterministic random crops of it.
+
+Speech corpora are mostly short clips (1–3 s), so the clips of a split are concatenated into one 16 kHz mono
+float32 array (cached as `.npy` and memory-mapped, so data-loader workers share it instead of re-opening thousands
+of files) and every training item is a crop of `crop_length` samples at an offset drawn from `(seed, index)`. An
+item is a pure function of its index, which makes resuming exact: a resumed run asks for the same indices.
+"""
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset
+
+from ..audio_io import AudioFileError, load_audio
+
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+
+
+def list_audio_files(folder: str | Path) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"audio folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {folder}")
+    return files
+
+
+def split_files(files: list[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:
+    """A fixed split by a hash of each file's name: the same files are held out on every run and machine."""
+    if not 0 < val_fraction < 1:
+        raise ValueError("val_fraction must lie between 0 and 1 when no validation folder is given")
+
+    def bucket(path):
+        return int(hashlib.sha1(path.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+    val = [f for f in files if bucket(f) < val_fraction]
+    train = [f for f in files if bucket(f) >= val_fraction]
+    if not val or not train:
+        raise ValueError(f"{len(files)} files are too few to hold out {val_fraction:.0%} for validation")
+    return train, val
+
+
+def decode_files(files: list[Path], sampling_rate: int = 16000) -> list[np.ndarray]:
+    clips = []
+    for path in files:
+        try:
+            audio, _ = load_audio(path, sampling_rate)
+        except AudioFileError as error:
+            raise ValueError(f"training data: {error}") from error
+        clips.append(audio)
+    return clips
+
+
+def cached_concatenation(files: list[Path], cache_dir: Path, sampling_rate: int = 16000) -> np.ndarray:
+    """All `files` decoded, resampled and joined; cached under `cache_dir` keyed by the file list."""
+    key = hashlib.sha1(json.dumps([[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]).encode())
+    path = Path(cache_dir) / f"audio-{sampling_rate}-{key.hexdigest()[:16]}.npy"
+    if not path.exists():
+        from ..io_utils import atomic_file
+
+        audio = np.concatenate(decode_files(files, sampling_rate)).astype(np.float32)
+        with atomic_file(path) as handle:
+            np.save(handle, audio)
+    return np.load(path, mmap_mode="r")
+
+
+def valid_crop_length(seconds: float, sampling_rate: int = 16000, multiple: int = 320, hop: int = 80) -> int:
+    """The longest length `<= seconds` that ESC round-trips, `hop * (multiple/hop * k - 1)` (47,920 for 3 s)."""
+    k = int(seconds * sampling_rate + hop) // multiple
+    if k < 1:
+        raise ValueError(f"crop of {seconds} s is too short")
+    return k * multiple - hop
+
+
+class RandomCropDataset(Dataset):
+    """Item `i` is a crop of `crop_length` samples whose offset comes from `(seed, i)`; quiet crops are redrawn."""
+
+    def __init__(self, audio: np.ndarray, crop_length: int, seed: int = 0, silence_db: float = -50.0,
+                 length: int = 2**62):  # fmt: skip
+        if audio.shape[0] <= crop_length:
+            raise ValueError(f"training audio has {audio.shape[0]} samples, fewer than one crop ({crop_length})")
+        self.audio, self.crop_length, self.seed, self.length = audio, crop_length, seed, length
+        self.silence = 10 ** (silence_db / 20)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        rng = np.random.default_rng((self.seed, index))
+        for _ in range(20):
+            start = int(rng.integers(0, self.audio.shape[0] - self.crop_length))
+            crop = np.asarray(self.audio[start : start + self.crop_length], dtype=np.float32)
+            if np.sqrt(np.mean(crop**2)) >= self.silence:
+                break
+        return torch.from_numpy(crop.copy())[None]
+
+
+class StreamingCropDataset(IterableDataset):
+    """Crops from a streamed Hugging Face dataset: clips are decoded as they arrive and joined in a buffer."""
+
+    def __init__(self, examples, audio_column: str, crop_length: int, sampling_rate: int = 16000,
+                 silence_db: float = -50.0):  # fmt: skip
+        self.examples, self.audio_column = examples, audio_column
+        self.crop_length, self.sampling_rate = crop_length, sampling_rate
+        self.silence = 10 ** (silence_db / 20)
+
+    def __iter__(self):
+        buffer = np.zeros(0, np.float32)
+        for example in self.examples:
+            buffer = np.concatenate([buffer, decode_example(example[self.audio_column], self.sampling_rate)])
+            while buffer.shape[0] >= self.crop_length:
+                crop, buffer = buffer[: self.crop_length], buffer[self.crop_length :]
+                if np.sqrt(np.mean(crop**2)) >= self.silence:
+                    yield torch.from_numpy(crop.copy())[None]
+
+
+def decode_example(value, sampling_rate: int = 16000) -> np.ndarray:
+    """An undecoded `datasets.Audio` value (`{"bytes", "path"}`) or a decoded one (`{"array", "sampling_rate"}`)
+    as mono float32 at `sampling_rate`."""
+    import io
+
+    import soundfile as sf
+    import soxr
+
+    if isinstance(value, dict) and value.get("array") is not None:
+        audio, rate = np.asarray(value["array"], dtype=np.float32), value["sampling_rate"]
+    elif isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        audio, rate = sf.read(source, dtype="float32", always_2d=True)
+    else:
+        raise ValueError(f"cannot read an audio value of type {type(value).__name__} from the dataset")
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1) if audio.shape[1] <= 8 else audio.mean(axis=0)
+    if rate != sampling_rate:
+        audio = soxr.resample(audio, rate, sampling_rate).astype(np.float32)
+    return audio
+
+
+def load_hf_dataset(name: str, split: str, audio_column: str, streaming: bool):
+    """A Hugging Face dataset (hub name or `save_to_disk` folder) with its audio column left undecoded, so that
+    soundfile reads it (no extra audio backend needed)."""
+    import datasets
+
+    path = Path(name)
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        data = datasets.load_from_disk(str(path))
+        data = data[split] if isinstance(data, datasets.DatasetDict) else data
+        if streaming:
+            data = data.to_iterable_dataset()
+    else:
+        data = datasets.load_dataset(name, split=split, streaming=streaming)
+    if audio_column not in data.column_names:
+        raise ValueError(f"dataset {name!r} has no column {audio_column!r}; columns: {data.column_names}")
+    if isinstance(data.features[audio_column], datasets.Audio):
+        data = data.cast_column(audio_column, datasets.Audio(decode=False))
+    return data

@@ -1,0 +1,84 @@
+"""Codec evaluation at every bitrate: PESQ-WB, STOI, mel distance, SI-SDR and code utilization, as a table, a CSV
+and a rate–distortion plot."""
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..io_utils import atomic_file
+from ..metrics import code_utilization, mel_distance, pesq_wb, si_sdr, stoi
+
+
+METRICS = ("pesq", "stoi", "mel_distance", "si_sdr")
+
+
+@torch.inference_mode()
+def evaluate_codec(model, clips: list[np.ndarray], num_streams: list[int] | None = None) -> list[dict]:
+    """One row per bitrate with the mean of each metric over `clips` (16 kHz mono arrays)."""
+    if not clips:
+        raise ValueError("evaluation needs at least one clip")
+    config = model.config
+    device = next(model.parameters()).device
+    rows = []
+    for n in num_streams or range(1, config.num_streams + 1):
+        scores, all_codes = {name: [] for name in METRICS}, []
+        for clip in clips:
+            audio = torch.as_tensor(np.asarray(clip, dtype=np.float32), device=device)[None, None]
+            codes = model.encode(audio, num_streams=n).audio_codes
+            decoded = model.decode(codes).audio_values[0, 0, : audio.shape[-1]].float().cpu().numpy()
+            all_codes.append(codes[0].cpu())
+            scores["pesq"].append(pesq_wb(clip, decoded, config.sampling_rate))
+            scores["stoi"].append(stoi(clip, decoded, config.sampling_rate))
+            scores["mel_distance"].append(mel_distance(clip, decoded, config.sampling_rate))
+            scores["si_sdr"].append(si_sdr(clip, decoded))
+        codes = torch.cat(all_codes, dim=-1)
+        row = {"kbps": config.bandwidth_for_num_streams(n), "streams": n, "clips": len(clips)}
+        row.update({name: float(np.nanmean(values)) for name, values in scores.items()})
+        row["utilization"] = code_utilization(codes, config.codebook_size)
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'kbps':>5} {'PESQ':>6} {'STOI':>6} {'mel dist':>9} {'SI-SDR':>7} {'util':>5}"]
+    for r in rows:
+        lines.append(f"{r['kbps']:>5g} {r['pesq']:>6.3f} {r['stoi']:>6.3f} {r['mel_distance']:>9.3f} "
+                     f"{r['si_sdr']:>7.2f} {r['utilization']:>5.3f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def write_csv(rows: list[dict], path: str | Path, extra: dict | None = None) -> None:
+    rows = [{**(extra or {}), **row} for row in rows]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_file(path, "w") as handle:
+        handle.write(text.getvalue())
+
+
+def plot_rate_distortion(curves: dict[str, list[dict]], path: str | Path, title: str = "") -> None:
+    """One panel per metric, one line per name in `curves` (each a list of rows with `kbps`)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = {"pesq": "PESQ-WB ↑", "stoi": "STOI ↑", "mel_distance": "mel distance ↓", "si_sdr": "SI-SDR (dB) ↑"}
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for axis, metric in zip(axes, METRICS):
+        for name, rows in curves.items():
+            axis.plot([r["kbps"] for r in rows], [r[metric] for r in rows], marker="o", label=name)
+        axis.set_xlabel("kbps")
+        axis.set_title(labels[metric])
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png", dpi=90)
+    plt.close(fig)

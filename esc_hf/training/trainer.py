@@ -1,0 +1,352 @@
+"""The training loop: the paper's recipe (ESC_SPEC §6) under Accelerate, on one CPU, one GPU or many.
+
+Schedule: a warm start of `warm_start_steps` steps with the quantizers bypassed (projections trained, codebooks
+left exactly as they are: their learning rate is 0), then quantization on with quantizer dropout and the optimizer
+state reset. The reset happens at the switch itself; the authors' code renews the optimizer one step later, and
+there AdamW's weight decay also shrinks the idle codebooks during the warm start.
+
+Runs survive: `accelerator.save_state` checkpoints are written to a temporary folder and renamed when complete,
+and a training item is a pure function of its index (see `data.py`), the quantizer-dropout draw a pure function of
+the step, so a resumed run repeats an uninterrupted one step for step.
+"""
+
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..feature_extraction_esc import EscFeatureExtractor
+from ..io_utils import atomic_directory, atomic_file
+from ..model_card import write_model_card
+from ..modeling_esc import EscModel
+from .arguments import TrainingArguments
+from .data import (
+    RandomCropDataset,
+    StreamingCropDataset,
+    cached_concatenation,
+    decode_example,
+    decode_files,
+    list_audio_files,
+    load_hf_dataset,
+    split_files,
+    valid_crop_length,
+)
+from .discriminator import Discriminator, discriminator_loss, feature_matching_loss, generator_adversarial_loss
+from .evaluation import evaluate_codec, format_table, plot_rate_distortion, write_csv
+from .losses import EscLoss
+
+
+def draw_num_streams(seed: int, step: int, dropout: float, max_streams: int) -> int:
+    """Quantizer dropout: with probability `dropout` n ~ U{1..max}, else all. One draw per step, the same on
+    every process (it depends on the seed and step only)."""
+    rng = np.random.default_rng((seed, step))
+    return int(rng.integers(1, max_streams + 1)) if rng.random() < dropout else max_streams
+
+
+def lr_multiplier(schedule: str, warmup_steps: int, total_steps: int):
+    """transformers' schedule as a function of the step (no optimizer attached)."""
+    from transformers import get_scheduler
+
+    dummy = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    name = "constant_with_warmup" if schedule == "constant" else schedule
+    return get_scheduler(name, dummy, num_warmup_steps=warmup_steps, num_training_steps=total_steps).lr_lambdas[0]
+
+
+def _is_codebook(name: str) -> bool:
+    return name.endswith("embedding.weight") and ".vqs." in name
+
+
+class EscTrainer:
+    def __init__(self, args: TrainingArguments):
+        self.args = args
+        out = args.output_path
+        self.accelerator = Accelerator(
+            # Without this, processes started by torchrun on a machine without a GPU do not form a group.
+            cpu=not torch.cuda.is_available(),
+            mixed_precision=args.mixed_precision,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            log_with=None if args.report_to == "none" else args.report_to,
+            project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+        )
+        set_seed(args.seed)
+        if args.init_from:
+            self.model = EscModel.from_pretrained(args.init_from)
+        else:
+            self.model = EscModel(args.model_config())
+        self.model.train()
+        self.config = self.model.config
+        self.loss_fn = EscLoss(args.commitment_weight, args.codebook_weight, args.mel_weight, args.stft_weight,
+                               sampling_rate=self.config.sampling_rate)  # fmt: skip
+        self.crop_length = valid_crop_length(args.crop_seconds, self.config.sampling_rate,
+                                             self.config.samples_per_code_frame, self.config.hop_length)  # fmt: skip
+        self.lr_multiplier = lr_multiplier(args.lr_schedule, args.lr_warmup_steps, args.max_steps)
+        self.step, self.switched, self.best_pesq = 0, args.warm_start_steps == 0, -math.inf
+        self.history: list[dict] = []
+
+    # -- data ---------------------------------------------------------------------------------------------------
+
+    def _load_data(self):
+        args, sr = self.args, self.config.sampling_rate
+        cache = Path(args.cache_dir) if args.cache_dir else args.output_path / "cache"
+        val_clips, train_audio, stream = None, None, None
+        if args.val_dir:
+            val_files = list_audio_files(args.val_dir)[: args.max_val_clips]
+            val_clips = decode_files(val_files, sr)
+        if args.data_dir:
+            files = list_audio_files(args.data_dir)
+            if val_clips is None:
+                files, val_files = split_files(files, args.val_fraction)
+                val_clips = decode_files(val_files[: args.max_val_clips], sr)
+            with self.accelerator.main_process_first():
+                train_audio = cached_concatenation(files, cache, sr)
+        else:
+            data = load_hf_dataset(args.dataset, args.dataset_split, args.audio_column, args.streaming)
+            if val_clips is None:
+                held_out = list(data.take(args.max_val_clips)) if args.streaming else data.select(
+                    range(min(args.max_val_clips, max(1, int(len(data) * args.val_fraction))))
+                )  # fmt: skip
+                val_clips = [decode_example(row[args.audio_column], sr) for row in held_out]
+                data = data.skip(len(val_clips)) if args.streaming else data.select(range(len(val_clips), len(data)))
+            if args.streaming:
+                stream = StreamingCropDataset(data.shuffle(seed=args.seed), args.audio_column, self.crop_length, sr,
+                                              args.silence_db)  # fmt: skip
+            else:
+                train_audio = np.concatenate([decode_example(row[args.audio_column], sr) for row in data])
+        limit = int(args.max_val_seconds * sr)
+        self.val_clips = [clip[:limit] for clip in val_clips if clip.size >= 4 * self.config.samples_per_code_frame]
+        if not self.val_clips:
+            raise ValueError("no usable validation clip (each needs at least 80 ms of audio)")
+        return train_audio, stream
+
+    def _dataloader(self, train_audio, stream):
+        args = self.args
+        if stream is not None:
+            return DataLoader(stream, batch_size=args.batch_size, num_workers=0)
+        # Global item index of the first crop this run still needs: resuming asks for exactly the same crops.
+        per_step = args.batch_size * args.gradient_accumulation_steps * self.accelerator.num_processes
+        remaining = (args.max_steps - self.step) * per_step
+        dataset = RandomCropDataset(train_audio, self.crop_length, args.seed, args.silence_db,
+                                    length=self.step * per_step + remaining)  # fmt: skip
+        indices = range(self.step * per_step, self.step * per_step + remaining)
+        subset = torch.utils.data.Subset(dataset, indices)
+        return DataLoader(subset, batch_size=args.batch_size, shuffle=False, num_workers=args.num_workers,
+                          persistent_workers=args.num_workers > 0)  # fmt: skip
+
+    # -- optimisation -------------------------------------------------------------------------------------------
+
+    def _optimizer(self, model, lr):
+        codebooks = [p for n, p in model.named_parameters() if _is_codebook(n)]
+        others = [p for n, p in model.named_parameters() if not _is_codebook(n)]
+        groups = [{"params": others}, {"params": codebooks}]
+        return torch.optim.AdamW(groups, lr=lr, betas=(self.args.adam_beta1, self.args.adam_beta2),
+                                 weight_decay=self.args.weight_decay)  # fmt: skip
+
+    def _set_learning_rates(self):
+        scale = self.args.learning_rate * self.lr_multiplier(self.step)
+        groups = self.optimizer.optimizer.param_groups if hasattr(self.optimizer, "optimizer") else self.optimizer.param_groups
+        groups[0]["lr"] = scale
+        # During the warm start the codebooks get zero gradients; lr 0 keeps AdamW's weight decay off them too.
+        groups[1]["lr"] = scale if self.step >= self.args.warm_start_steps else 0.0
+
+    def _switch_to_quantization(self):
+        """Fresh optimizer moments when the codebooks come in (the paper re-creates its optimizer here)."""
+        inner = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+        inner.state.clear()
+        self.switched = True
+
+    # -- checkpoints --------------------------------------------------------------------------------------------
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.args.output_path / "checkpoints"
+
+    def latest_checkpoint(self) -> Path | None:
+        done = sorted(self.checkpoint_dir.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        return done[-1] if done else None
+
+    def _save_checkpoint(self):
+        acc = self.accelerator
+        final = self.checkpoint_dir / f"step-{self.step:08d}"
+        tmp = self.checkpoint_dir / f".step-{self.step:08d}.tmp"
+        if acc.is_main_process:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp), safe_serialization=True)
+        acc.wait_for_everyone()  # every process has written its part (RNG states) before the rename
+        if acc.is_main_process:
+            state = {"step": self.step, "switched": self.switched, "best_pesq": self.best_pesq}
+            (tmp / "trainer_state.json").write_text(json.dumps(state))
+            if final.exists():
+                shutil.rmtree(final)
+            tmp.rename(final)  # a checkpoint folder without the dot prefix is always complete
+            for old in sorted(self.checkpoint_dir.glob("step-*"))[: -self.args.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+
+    def _resume(self):
+        latest = self.latest_checkpoint()
+        if latest is None:
+            self.accelerator.print(f"no checkpoint in {self.checkpoint_dir}: starting from scratch")
+            return
+        self.accelerator.load_state(str(latest))
+        state = json.loads((latest / "trainer_state.json").read_text())
+        self.step, self.switched, self.best_pesq = state["step"], state["switched"], state["best_pesq"]
+        self.accelerator.print(f"resumed from {latest.name} at step {self.step}")
+
+    # -- evaluation and output ----------------------------------------------------------------------------------
+
+    def _evaluate(self):
+        acc = self.accelerator
+        if not acc.is_main_process:
+            return None
+        model = acc.unwrap_model(self.model).eval()
+        try:
+            rows = evaluate_codec(model, self.val_clips)
+        finally:
+            model.train()
+        out = self.args.output_path
+        write_csv(rows, out / "eval.csv", {"step": self.step})
+        plot_rate_distortion({f"ESC step {self.step}": rows}, out / "rate_distortion.png")
+        self.history.append({"step": self.step, **rows[-1]})
+        write_csv(self.history, out / "eval_history.csv")
+        acc.log({f"eval/{k}_{r['kbps']:g}kbps": r[k] for r in rows for k in ("pesq", "stoi", "mel_distance", "si_sdr")},
+                step=self.step)  # fmt: skip
+        tqdm.write(f"step {self.step}:\n{format_table(rows)}")
+        if rows[-1]["pesq"] > self.best_pesq:
+            self.best_pesq = rows[-1]["pesq"]
+            self.save_model(out / "best", rows)
+        return rows
+
+    def save_model(self, folder: Path, rows: list[dict] | None = None):
+        """A `from_pretrained` folder: weights, config, feature extractor, remote code and a model card."""
+        model = self.accelerator.unwrap_model(self.model)
+        args = self.args
+        source = args.dataset or args.data_dir
+        training = (
+            "## Training\n\n"
+            f"Trained with `esc_hf` (`examples/train.py`) on `{source}` for {self.step} steps "
+            f"(warm start {args.warm_start_steps} steps), batch {args.batch_size} × "
+            f"{self.accelerator.num_processes} process(es) × {args.gradient_accumulation_steps} accumulation, "
+            f"{self.crop_length / self.config.sampling_rate:.2f} s crops, AdamW lr {args.learning_rate:g} "
+            f"({args.lr_schedule}), mixed precision {args.mixed_precision}, on {self.accelerator.device.type}.\n"
+        )
+        if rows:
+            training += "\n" + "\n".join(
+                ["| kbps | PESQ | STOI | mel distance | SI-SDR |", "|---|---|---|---|---|"]
+                + [f"| {r['kbps']:g} | {r['pesq']:.3f} | {r['stoi']:.3f} | {r['mel_distance']:.3f} | {r['si_sdr']:.2f} |"
+                   for r in rows]
+            ) + f"\n\nValidation: {len(self.val_clips)} clips.\n"  # fmt: skip
+        with atomic_directory(folder) as tmp:
+            model.save_pretrained(tmp)
+            EscFeatureExtractor(sampling_rate=self.config.sampling_rate).save_pretrained(tmp)
+            write_model_card(tmp, model, source="trained with esc_hf", training=training,
+                             repo_id=args.hub_model_id or "path/to/this/folder", metrics=rows)  # fmt: skip
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+
+    def train(self) -> Path:
+        args, acc = self.args, self.accelerator
+        train_audio, stream = self._load_data()
+        self.optimizer = self._optimizer(self.model, args.learning_rate)
+        discriminator = disc_optimizer = None
+        if args.adversarial:
+            discriminator = Discriminator()
+            disc_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=args.discriminator_lr,
+                                               betas=(args.adam_beta1, args.adam_beta2))  # fmt: skip
+        prepared = acc.prepare(self.model, self.optimizer, *([discriminator, disc_optimizer] if discriminator else []))
+        self.model, self.optimizer = prepared[:2]
+        if discriminator is not None:
+            discriminator, disc_optimizer = prepared[2:]
+        loss_fn = self.loss_fn.to(acc.device)
+        if args.resume:
+            self._resume()
+        loader = acc.prepare(self._dataloader(train_audio, stream))  # shards batches across processes
+        if args.report_to != "none":
+            acc.init_trackers("esc", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+        max_streams = self.config.num_streams
+        grad_clip = args.generator_max_grad_norm_adv if args.adversarial else args.max_grad_norm
+        progress = tqdm(total=args.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc="train")
+        started, audio_seconds, micro = time.perf_counter(), 0.0, 0
+        self.last_losses: list[float] = []
+        while self.step < args.max_steps:
+            for batch in loader:
+                warm = self.step < args.warm_start_steps
+                if not warm and not self.switched:
+                    self._switch_to_quantization()
+                self._set_learning_rates()
+                num_streams = draw_num_streams(args.seed, self.step, args.quantizer_dropout, max_streams)
+                with acc.accumulate(self.model):
+                    output = self.model(batch, num_streams=num_streams, bypass_quantizer=warm)
+                    terms = loss_fn(batch, output)
+                    loss = terms["total"]
+                    adversarial = discriminator is not None and not warm
+                    if adversarial:
+                        fake, real = discriminator(output.audio_values), discriminator(batch)
+                        terms["adversarial"] = generator_adversarial_loss(fake)
+                        terms["feature_matching"] = feature_matching_loss(fake, real)
+                        loss = loss + args.generator_adv_weight * terms["adversarial"]
+                        loss = loss + args.feature_matching_weight * terms["feature_matching"]
+                    acc.backward(loss)
+                    if acc.sync_gradients:
+                        terms["grad_norm"] = acc.clip_grad_norm_(self.model.parameters(), grad_clip)
+                    self.optimizer.step()
+                    self.optimizer.zero_grad()
+                    if adversarial:
+                        disc_loss = discriminator_loss(discriminator(output.audio_values.detach()), discriminator(batch))
+                        acc.backward(disc_loss)
+                        if acc.sync_gradients:
+                            acc.clip_grad_norm_(discriminator.parameters(), args.discriminator_max_grad_norm)
+                        disc_optimizer.step()
+                        disc_optimizer.zero_grad()
+                        terms["discriminator"] = disc_loss
+                audio_seconds += batch.shape[0] * batch.shape[-1] / self.config.sampling_rate * acc.num_processes
+                micro += 1
+                if not acc.sync_gradients:
+                    continue
+                self.step += 1
+                total = acc.reduce(loss.detach(), reduction="mean").item()
+                self.last_losses.append(total)
+                progress.update(1)
+                if self.step % args.log_every == 0 or self.step == args.max_steps:
+                    elapsed = time.perf_counter() - started
+                    logs = {f"train/{k}": float(torch.as_tensor(v).detach().float().mean()) for k, v in terms.items()}
+                    logs.update({"train/loss": total, "train/num_streams": num_streams, "train/warm_start": int(warm),
+                                 "train/audio_seconds_per_second": audio_seconds / elapsed,
+                                 "train/lr": self.args.learning_rate * self.lr_multiplier(self.step - 1)})  # fmt: skip
+                    acc.log(logs, step=self.step)
+                    progress.set_postfix(loss=f"{total:.3f}", audio_s_per_s=f"{audio_seconds / elapsed:.1f}",
+                                         warm=int(warm))  # fmt: skip
+                if self.step % args.save_every == 0:
+                    self._save_checkpoint()
+                if self.step % args.eval_every == 0 and self.step >= args.warm_start_steps:
+                    self._evaluate()
+                    acc.wait_for_everyone()
+                if self.step >= args.max_steps:
+                    break
+            if stream is None:
+                break
+        progress.close()
+        rows = self._evaluate()
+        if self.step % args.save_every:
+            self._save_checkpoint()
+        if acc.is_main_process:
+            self.save_model(args.output_path / "final", rows)
+            if not (args.output_path / "best").exists():
+                self.save_model(args.output_path / "best", rows)
+            if args.push_to_hub:
+                from huggingface_hub import upload_folder
+
+                upload_folder(repo_id=args.hub_model_id, folder_path=str(args.output_path / "best"))
+        acc.wait_for_everyone()
+        acc.end_training()
+        return args.output_path

@@ -1,0 +1,177 @@
+"""Training on the CPU with the tiny config: learning, the warm-start switch, exact resume, data sources, and a
+two-process Accelerate run."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import SPEECH
+from esc_hf.training.arguments import parse_arguments
+from esc_hf.training.trainer import EscTrainer, draw_num_streams
+
+
+ROOT = Path(__file__).parents[1]
+TINY = str(ROOT / "examples" / "configs" / "tiny-cpu.yaml")
+
+
+@pytest.fixture(scope="module")
+def speech_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("speech")
+    for path in SPEECH:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def tiny_args(tmp_path, data_dir, *extra):
+    return parse_arguments(["--config", TINY, "--data-dir", str(data_dir), "--val-dir", str(data_dir),
+                            "--output-dir", str(tmp_path / "run"), "--max-val-clips", "1", "--max-val-seconds", "1",
+                            "--batch-size", "2", "--crop-seconds", "0.5", *extra])  # fmt: skip
+
+
+def codebooks(state: dict) -> dict:
+    return {k: v for k, v in state.items() if k.endswith("embedding.weight")}
+
+
+def test_loss_falls_when_overfitting_one_clip(tmp_path):
+    one = tmp_path / "one"
+    one.mkdir()
+    shutil.copy(SPEECH[0], one)
+    trainer = EscTrainer(tiny_args(tmp_path, one, "--max-steps", "100", "--warm-start-steps", "100",
+                                   "--learning-rate", "3e-3", "--silence-db", "-30", "--save-every", "1000"))  # fmt: skip
+    trainer.train()
+    losses = trainer.last_losses
+    first, last = np.mean(losses[:10]), np.mean(losses[-10:])
+    assert last < 0.75 * first, f"loss went from {first:.3f} to {last:.3f}"
+
+
+def test_warm_start_keeps_codebooks_then_switches(tmp_path, speech_dir):
+    trainer = EscTrainer(tiny_args(tmp_path, speech_dir, "--max-steps", "4", "--warm-start-steps", "2",
+                                   "--save-every", "1", "--keep-checkpoints", "10"))  # fmt: skip
+    initial = codebooks({k: v.clone() for k, v in trainer.model.state_dict().items()})
+    trainer.train()
+    checkpoints = trainer.checkpoint_dir
+    states = {step: load_file(str(checkpoints / f"step-{step:08d}" / "model.safetensors")) for step in (1, 2, 3, 4)}
+    for step in (1, 2):
+        for key, value in codebooks(states[step]).items():
+            assert torch.equal(value, initial[key]), f"codebook {key} changed during the warm start (step {step})"
+    changed = [k for k, v in codebooks(states[3]).items() if not torch.equal(v, initial[k])]
+    assert changed, "codebooks must train once quantization is on"
+    assert not torch.equal(states[1]["encoder.patch_embed.proj.weight"], states[2]["encoder.patch_embed.proj.weight"])
+    # The optimizer was reset at the switch: its step counter restarted at step 3.
+    optimizer = torch.load(checkpoints / "step-00000003" / "optimizer.bin", weights_only=True)
+    assert {int(s["step"]) for s in optimizer["state"].values()} == {1}
+    # The codebooks never get None gradients (zero tensors): their optimizer state exists after the switch too.
+    assert json.loads((checkpoints / "step-00000004" / "trainer_state.json").read_text())["switched"]
+
+
+def test_resumed_run_matches_uninterrupted_run(tmp_path, speech_dir):
+    common = ["--max-steps", "6", "--warm-start-steps", "2", "--save-every", "3", "--quantizer-dropout", "0.75"]
+    straight = EscTrainer(tiny_args(tmp_path / "a", speech_dir, *common))
+    straight.train()
+    first = EscTrainer(tiny_args(tmp_path / "b", speech_dir, *common[:-4], "--save-every", "3",
+                                 "--quantizer-dropout", "0.75", "--max-steps", "3"))  # fmt: skip
+    first.args.max_steps = 3
+    first.train()
+    resumed = EscTrainer(tiny_args(tmp_path / "b", speech_dir, *common, "--resume"))
+    resumed.train()
+    assert resumed.last_losses == straight.last_losses[3:], (resumed.last_losses, straight.last_losses)
+    a = load_file(str(tmp_path / "a" / "run" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "run" / "final" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_quantizer_dropout_draw():
+    draws = [draw_num_streams(53, step, 0.75, 6) for step in range(4000)]
+    assert draws == [draw_num_streams(53, step, 0.75, 6) for step in range(4000)]
+    full = np.mean([d == 6 for d in draws])
+    assert abs(full - (0.25 + 0.75 / 6)) < 0.03 and set(draws) == {1, 2, 3, 4, 5, 6}
+    assert {draw_num_streams(1, s, 0.0, 6) for s in range(100)} == {6}
+
+
+def test_training_from_a_datasets_dataset(tmp_path, speech_dir):
+    datasets = pytest.importorskip("datasets")
+    data = datasets.Dataset.from_dict({"audio": [str(p) for p in SPEECH] * 2, "text": ["a", "b"] * 2})
+    data = data.cast_column("audio", datasets.Audio())
+    data.save_to_disk(str(tmp_path / "ds"))
+    for streaming in ([], ["--streaming"]):
+        args = parse_arguments(["--config", TINY, "--dataset", str(tmp_path / "ds"), "--val-dir", str(speech_dir),
+                                "--output-dir", str(tmp_path / f"run{len(streaming)}"), "--max-steps", "2",
+                                "--warm-start-steps", "1", "--max-val-clips", "1", "--max-val-seconds", "1",
+                                "--crop-seconds", "0.5", "--batch-size", "2", *streaming])  # fmt: skip
+        EscTrainer(args).train()
+        assert (tmp_path / f"run{len(streaming)}" / "final" / "model.safetensors").exists()
+
+
+def test_two_processes_with_accelerate_launch(tmp_path, speech_dir):
+    out = tmp_path / "ddp"
+    # `--multi_gpu` starts torchrun; without a GPU, Accelerate runs the processes on the CPU with gloo.
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               str(ROOT / "examples" / "train.py"), "--config", TINY, "--data-dir", str(speech_dir),
+               "--val-dir", str(speech_dir), "--output-dir", str(out), "--max-steps", "3", "--warm-start-steps", "1",
+               "--max-val-clips", "1", "--max-val-seconds", "1", "--crop-seconds", "0.5", "--batch-size", "2"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    from transformers import AutoModel
+
+    import esc_hf  # noqa: F401
+
+    model = AutoModel.from_pretrained(out / "final")
+    assert model.num_parameters() > 0 and (out / "eval.csv").exists() and (out / "rate_distortion.png").exists()
+    card = (out / "final" / "README.md").read_text()
+    assert "model-index:" in card and "2 process(es)" in card
+
+
+def test_output_folder_and_evaluation_files(tmp_path, speech_dir):
+    EscTrainer(tiny_args(tmp_path, speech_dir, "--max-steps", "2", "--warm-start-steps", "1")).train()
+    run = tmp_path / "run"
+    for name in ("best", "final"):
+        assert {"config.json", "model.safetensors", "preprocessor_config.json", "README.md", "modeling_esc.py"} <= {
+            p.name for p in (run / name).iterdir()
+        }
+    header = (run / "eval.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "kbps", "pesq", "stoi", "mel_distance", "si_sdr", "utilization"} <= set(header)
+    assert (run / "rate_distortion.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--output-dir", "x"], "--data-dir or --dataset"),
+        (["--data-dir", "x", "--variant", "esc-huge"], "unknown variant"),
+        (["--data-dir", "x", "--lr-schedule", "exp"], "lr_schedule"),
+        (["--data-dir", "x", "--push-to-hub"], "hub-model-id"),
+        (["--data-dir", "x", "--bogus", "1"], "unknown arguments"),
+    ],
+)
+def test_bad_arguments(argv, message):
+    with pytest.raises(ValueError, match=message):
+        parse_arguments(argv)
+
+
+def test_help_lists_every_option():
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "train.py"), "--help"], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 0
+    for option in ("--warm_start_steps", "--quantizer_dropout", "--adversarial", "--streaming", "--resume",
+                   "--mixed_precision", "--push_to_hub", "--config"):  # fmt: skip
+        assert option in result.stdout
+
+
+def test_evaluate_script_writes_table_csv_and_plot(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "evaluate.py"), "--data", str(SPEECH[0].parent),
+                             "--out", str(tmp_path / "eval.csv"), "--plot", str(tmp_path / "rd.png"),
+                             "--max-seconds", "1"], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "PESQ" in result.stdout and len((tmp_path / "eval.csv").read_text().splitlines()) == 7
+    assert (tmp_path / "rd.png").read_bytes()[:4] == b"\x89PNG"
+    missing = subprocess.run([sys.executable, str(ROOT / "examples" / "evaluate.py"), "--data", str(tmp_path / "no"),
+                              "--out", str(tmp_path / "x.csv")], capture_output=True, text=True)  # fmt: skip
+    assert missing.returncode == 1 and "not found" in missing.stderr
