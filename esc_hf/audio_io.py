@@ -1,5 +1,10 @@
-"""Reading and writing audio files for the codec: any rate and channel count in, 16 kHz mono float32 out."""
+"""Reading and writing audio files for the codec: any rate and channel count in, 16 kHz mono float32 out.
 
+Files are read and written block by block, so that memory does not grow with their length; `load_audio` and
+`save_audio` are the whole-array forms of the same code.
+"""
+
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -8,9 +13,65 @@ import soxr
 
 from .io_utils import atomic_file
 
+BLOCK_SECONDS = 10.0
+_READ_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+
 
 class AudioFileError(ValueError):
     """An audio file is missing, unreadable or empty."""
+
+
+class AudioSource:
+    """An audio file opened for reading as mono float32 at `sampling_rate`: `notes` says what will be changed
+    ("resampled 44100 Hz → 16000 Hz", …), `blocks()` yields the samples. Errors are `AudioFileError`s."""
+
+    def __init__(self, path: str | Path, sampling_rate: int = 16000):
+        self.path = Path(path)
+        self.sampling_rate = sampling_rate
+        if not self.path.is_file():
+            raise AudioFileError(f"no such file: {self.path}")
+        try:
+            info = sf.info(str(self.path))
+        except _READ_ERRORS as error:
+            raise AudioFileError(f"cannot read {self.path} as audio: {error}") from error
+        self.source_rate, self.channels, self.source_frames = info.samplerate, info.channels, info.frames
+        if self.source_frames == 0:
+            raise AudioFileError(f"{self.path} holds no samples")
+        self.notes = []
+        if self.channels > 1:
+            self.notes.append(f"mixed {self.channels} channels down to mono")
+        if self.source_rate != sampling_rate:
+            self.notes.append(f"resampled {self.source_rate} Hz → {sampling_rate} Hz")
+
+    @property
+    def duration(self) -> float:
+        return self.source_frames / self.source_rate
+
+    def blocks(self, block_seconds: float = BLOCK_SECONDS):
+        """Yields mono float32 blocks at `sampling_rate` (soxr's streaming resampler, identical to resampling the
+        whole file at once)."""
+        resampler = None
+        if self.source_rate != self.sampling_rate:
+            resampler = soxr.ResampleStream(self.source_rate, self.sampling_rate, 1, dtype="float32", quality="HQ")
+        size = max(1, int(block_seconds * self.source_rate))
+        got = 0
+        try:
+            with sf.SoundFile(str(self.path)) as handle:
+                while True:
+                    block = handle.read(size, dtype="float32", always_2d=True)
+                    got += block.shape[0]
+                    last = block.shape[0] < size  # not the header's frame count: some formats only estimate it
+                    mono = block.mean(axis=1, dtype=np.float32) if self.channels > 1 else block[:, 0]
+                    if resampler is not None:
+                        mono = resampler.resample_chunk(mono, last=last)
+                    if mono.size:
+                        yield np.ascontiguousarray(mono, dtype=np.float32)
+                    if last:
+                        break
+        except _READ_ERRORS as error:
+            raise AudioFileError(f"cannot read {self.path} as audio: {error}") from error
+        if got == 0:
+            raise AudioFileError(f"{self.path} holds no samples")
 
 
 def load_audio(path: str | Path, sampling_rate: int = 16000) -> tuple[np.ndarray, list[str]]:
@@ -18,30 +79,47 @@ def load_audio(path: str | Path, sampling_rate: int = 16000) -> tuple[np.ndarray
 
     Returns the samples and a list of notes on what was changed ("resampled 44100 Hz → 16000 Hz", …).
     """
+    source = AudioSource(path, sampling_rate)
+    return np.concatenate(list(source.blocks())), source.notes
+
+
+def _format(path: Path) -> str:
+    kind = path.suffix.lstrip(".").upper() or "WAV"
+    if kind not in sf.available_formats():
+        raise AudioFileError(f"cannot write {path}: unknown audio format {kind!r} (use .wav, .flac or .ogg)")
+    return kind
+
+
+class AudioSink:
+    """Mono audio written block by block into a temporary file that replaces `path` when the block succeeds.
+
+    Samples beyond ±1 are clipped (integer formats would wrap them); `clipped` counts them."""
+
+    def __init__(self, handle, path: Path, sampling_rate: int):
+        self._file = sf.SoundFile(handle, "w", samplerate=sampling_rate, channels=1, format=_format(path))
+        self.clipped = 0
+        self.samples = 0
+
+    def write(self, audio: np.ndarray) -> None:
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        self.clipped += int(np.count_nonzero(np.abs(audio) > 1.0))
+        self._file.write(np.clip(audio, -1.0, 1.0))
+        self.samples += audio.size
+
+
+@contextlib.contextmanager
+def open_audio_sink(path: str | Path, sampling_rate: int = 16000):
     path = Path(path)
-    if not path.is_file():
-        raise AudioFileError(f"no such file: {path}")
-    try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as error:
-        raise AudioFileError(f"cannot read {path} as audio: {error}") from error
-    notes = []
-    if audio.shape[1] > 1:
-        notes.append(f"mixed {audio.shape[1]} channels down to mono")
-    audio = audio.mean(axis=1)
-    if audio.size == 0:
-        raise AudioFileError(f"{path} holds no samples")
-    if rate != sampling_rate:
-        notes.append(f"resampled {rate} Hz → {sampling_rate} Hz")
-        audio = soxr.resample(audio, rate, sampling_rate, quality="HQ").astype(np.float32)
-    return audio, notes
+    _format(path)
+    with atomic_file(path) as handle:
+        sink = AudioSink(handle, path, sampling_rate)
+        try:
+            yield sink
+        finally:
+            sink._file.close()
 
 
 def save_audio(path: str | Path, audio: np.ndarray, sampling_rate: int = 16000) -> None:
     """Write mono `audio` atomically; the format follows the extension (wav, flac, ogg)."""
-    path = Path(path)
-    kind = path.suffix.lstrip(".").upper() or "WAV"
-    if kind not in sf.available_formats():
-        raise AudioFileError(f"cannot write {path}: unknown audio format {kind!r}")
-    with atomic_file(path) as handle:
-        sf.write(handle, np.asarray(audio, dtype=np.float32), sampling_rate, format=kind)
+    with open_audio_sink(path, sampling_rate) as sink:
+        sink.write(audio)

@@ -1,15 +1,19 @@
-"""The `esc` command line (also `python -m esc_hf`)."""
+"""The `esc` command line (also `python -m esc_hf`): encode, decode, info, roundtrip.
+
+Files of any length are processed in chunks (esc_hf.streaming), so memory does not grow with their length.
+Every expected failure (missing or unreadable file, unsupported bitrate, corrupt `.esc`, wrong model) is one
+line on stderr and exit code 1.
+"""
 
 import argparse
 import sys
 from pathlib import Path
 
-import torch
-
-from .audio_io import AudioFileError, load_audio, save_audio
-
+from .audio_io import AudioFileError, AudioSource, open_audio_sink
+from .bitstream import VERSION, BitstreamError, ModelMismatchError, codebook_fingerprint, config_fingerprint
 
 DEFAULT_MODEL = Path(__file__).with_name("default_model")
+PROGRESS_SECONDS = 30.0  # files at least this long get a progress bar (on a terminal)
 
 
 def load_model(name: str | None):
@@ -26,31 +30,262 @@ def load_model(name: str | None):
         raise ValueError(f"cannot load model {name!r}: {error}") from error
 
 
-def roundtrip(args) -> None:
-    model = load_model(args.model)
-    audio, notes = load_audio(args.input, model.config.sampling_rate)
-    for note in notes:
+def _model_name(args) -> str:
+    return args.model or "the packaged default model"
+
+
+def _open_source(args, model) -> AudioSource:
+    source = AudioSource(args.input, model.config.sampling_rate)
+    for note in source.notes:
         print(f"note: {note}", file=sys.stderr)
-    kbps = args.kbps if args.kbps is not None else model.config.target_bandwidths[-1]
-    num_streams = model.config.num_streams_for_bandwidth(kbps)
-    with torch.inference_mode():
-        waveform = torch.from_numpy(audio)[None, None]
-        codes = model.encode(waveform, num_streams=num_streams).audio_codes
-        decoded = model.decode(codes).audio_values[0, 0, : audio.shape[0]]
-    save_audio(args.output, decoded.numpy(), model.config.sampling_rate)
-    seconds = audio.shape[0] / model.config.sampling_rate
-    print(f"{args.input} → {args.output}: {seconds:.2f} s at {kbps:g} kbps ({tuple(codes.shape)} codes)")
+    return source
+
+
+def _chunk_frames(model, args) -> int:
+    from .streaming import FILE_CHUNK_FRAMES
+
+    seconds = args.chunk_seconds
+    if seconds is None:
+        return FILE_CHUNK_FRAMES
+    if not 0 < seconds < 1e6:
+        raise ValueError(f"--chunk-seconds must be a positive number of seconds, got {seconds:g}")
+    return max(1, round(seconds * model.config.frame_rate))
+
+
+def _num_streams(model, kbps: float | None) -> tuple[int, float]:
+    kbps = kbps if kbps is not None else model.config.target_bandwidths[-1]
+    return model.config.num_streams_for_bandwidth(kbps), kbps
+
+
+def _progress(total_seconds: float, description: str):
+    """A tqdm bar in seconds of audio for long files on a terminal; otherwise nothing."""
+    from tqdm import tqdm
+
+    if total_seconds < PROGRESS_SECONDS:
+        return None
+    return tqdm(
+        total=round(total_seconds, 1),
+        unit="s",
+        desc=description,
+        disable=None,
+        leave=False,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s audio [{elapsed}<{remaining}]",
+    )
+
+
+def _blocks_with_progress(source: AudioSource, bar):
+    for block in source.blocks():
+        yield block
+        if bar is not None:
+            bar.update(min(block.size / source.sampling_rate, bar.total - bar.n))
+
+
+def encode(args) -> None:
+    from .streaming import encode_file
+
+    model = load_model(args.model)
+    num_streams, kbps = _num_streams(model, args.kbps)
+    source = _open_source(args, model)
+    bar = _progress(source.duration, "encoding")
+    try:
+        header = encode_file(
+            model,
+            _blocks_with_progress(source, bar),
+            args.output,
+            num_streams,
+            chunk_frames=_chunk_frames(model, args),
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    size = Path(args.output).stat().st_size
+    print(
+        f"{args.input} → {args.output}: {header.duration:.2f} s at {kbps:g} kbps, {size:,} bytes "
+        f"({size * 8 / header.duration / 1000:.2f} kbps with header and framing)"
+    )
+
+
+def _decode_to(model, esc_path, sink, chunk_frames):
+    from .streaming import decode_file
+
+    blocks = decode_file(model, esc_path, chunk_frames)
+    header = next(blocks)
+    bar = _progress((header.duration or 0.0), "decoding")
+    try:
+        for block in blocks:
+            sink.write(block)
+            if bar is not None:
+                bar.update(min(block.size / header.sample_rate, bar.total - bar.n))
+    finally:
+        if bar is not None:
+            bar.close()
+    return header
+
+
+def _note_clipping(sink) -> None:
+    if sink.clipped:
+        print(f"note: clipped {sink.clipped} decoded samples to ±1", file=sys.stderr)
+
+
+def decode(args) -> None:
+    model = load_model(args.model)
+    if not Path(args.input).is_file():
+        raise OSError(f"no such file: {args.input}")
+    with open_audio_sink(args.output, model.config.sampling_rate) as sink:
+        try:
+            header = _decode_to(model, args.input, sink, _chunk_frames(model, args))
+        except BitstreamError as error:
+            hint = "; pass the model that encoded it with --model" if isinstance(error, ModelMismatchError) else ""
+            raise type(error)(f"{args.input}: {error}{hint if not args.model else ''}") from None
+    _note_clipping(sink)
+    seconds = sink.samples / header.sample_rate
+    print(f"{args.input} → {args.output}: {seconds:.2f} s at {header.kbps:g} kbps")
+
+
+def info(args) -> None:
+    from .streaming import iter_packets
+
+    path = Path(args.input)
+    if not path.is_file():
+        raise OSError(f"no such file: {path}")
+    try:
+        packets = iter_packets(path)
+        header = next(packets)
+        count = frames = drop = 0
+        for packet in packets:
+            count, frames, drop = count + 1, frames + packet.codes.shape[-1], packet.drop
+    except BitstreamError as error:
+        raise type(error)(f"{path}: {error}") from None
+    header = header.with_length(frames * header.samples_per_frame - drop, frames)  # a live stream's header lacks it
+    size = path.stat().st_size
+    payload = sum(
+        header.payload_size(min(header.frames_per_packet, frames - start))
+        for start in range(0, frames, header.frames_per_packet)
+    )
+    nominal = header.kbps * 1000 * header.duration / 8
+    model = load_model(args.model)
+    matches = (header.config_fingerprint, header.codebook_fingerprint) == (
+        config_fingerprint(model.config),
+        codebook_fingerprint(model),
+    )
+    rows = [
+        ("file", f"{path} ({size:,} bytes)"),
+        ("format", f"ESC bitstream version {VERSION}"),
+        ("audio", f"{header.num_samples:,} samples at {header.sample_rate} Hz = {header.duration:.3f} s, mono"),
+        (
+            "codes",
+            (
+                f"{header.num_streams} streams × {header.group_size} codebooks × {header.bits_per_code} bits, "
+                f"{header.num_frames:,} frames at {header.frame_rate:g}/s = {header.kbps:g} kbps"
+            ),
+        ),
+        ("packets", f"{count:,} of up to {header.frames_per_packet} frames, every CRC correct"),
+        (
+            "size",
+            (
+                f"{payload:,} bytes of codes + {size - payload:,} of header and framing; "
+                f"{(size - nominal) / nominal:+.2%} over the nominal {nominal:,.0f} bytes"
+            ),
+        ),
+        (
+            "model",
+            (
+                f"config {header.config_fingerprint.hex()}, codebooks {header.codebook_fingerprint.hex()}: "
+                f"{'decodes with' if matches else 'NOT made by'} {_model_name(args)}"
+            ),
+        ),
+    ]
+    for name, value in rows:
+        print(f"{name:<8} {value}")
+
+
+def roundtrip(args) -> None:
+    from .streaming import ChunkedDecoder, ChunkedEncoder, ChunkPlan
+
+    model = load_model(args.model)
+    num_streams, kbps = _num_streams(model, args.kbps)
+    plan = ChunkPlan.for_model(model, _chunk_frames(model, args))
+    source = _open_source(args, model)
+    bar = _progress(source.duration, "coding")
+    encoder, decoder = ChunkedEncoder(model, num_streams, plan), ChunkedDecoder(model, plan)
+    try:
+        with open_audio_sink(args.output, model.config.sampling_rate) as sink:
+            for block in _blocks_with_progress(source, bar):
+                sink.write(decoder.push(encoder.push(block)))
+            sink.write(decoder.push(encoder.finish()))
+            sink.write(decoder.finish(encoder.num_samples))
+    finally:
+        if bar is not None:
+            bar.close()
+    _note_clipping(sink)
+    seconds = encoder.num_samples / model.config.sampling_rate
+    print(
+        f"{args.input} → {args.output}: {seconds:.2f} s at {kbps:g} kbps "
+        f"({num_streams} of {model.config.num_streams} streams, {encoder.next_frame} code frames)"
+    )
+
+
+KBPS_HELP = (
+    "bitrate, a multiple of the model's per-stream rate (ESC-Base: 1.5, 3, 4.5, 6, 7.5 or 9; the packaged "
+    "tiny model: 0.9 … 5.4); default: the highest"
+)
+MODEL_HELP = "model folder or Hub id (default: the packaged model)"
+CHUNK_HELP = (
+    "seconds of audio per model call (default: 10 for ESC); less uses less memory, more a little less "
+    "time; the output is the same"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="esc", description="ESC speech codec (16 kHz, 1.5–9 kbps).")
-    verbs = parser.add_subparsers(dest="verb", required=True)
-    rt = verbs.add_parser("roundtrip", help="encode and decode a file, writing the decoded audio")
+    parser = argparse.ArgumentParser(
+        prog="esc",
+        description="ESC speech codec: 16 kHz speech at 1.5–9 kbps. Audio in: wav, flac, ogg (any rate, any "
+        "channels: resampled and mixed to mono). Long files are processed in chunks, in bounded memory.",
+    )
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{encode,decode,info,roundtrip}")
+
+    enc = verbs.add_parser(
+        "encode",
+        help="compress an audio file to an .esc file",
+        description="Compress an audio file to an .esc bitstream (see docs/bitstream.md).",
+    )
+    enc.add_argument("input", help="audio file (wav, flac, ogg; any rate, mono or multichannel)")
+    enc.add_argument("output", help=".esc file to write")
+    enc.add_argument("--kbps", type=float, help=KBPS_HELP)
+    enc.add_argument("--model", help=MODEL_HELP)
+    enc.add_argument("--chunk-seconds", type=float, help=CHUNK_HELP)
+    enc.set_defaults(func=encode)
+
+    dec = verbs.add_parser(
+        "decode",
+        help="decompress an .esc file to audio",
+        description="Decode an .esc file with the model that encoded it.",
+    )
+    dec.add_argument("input", help=".esc file")
+    dec.add_argument("output", help="audio file to write (.wav, .flac or .ogg)")
+    dec.add_argument("--model", help=MODEL_HELP)
+    dec.add_argument("--chunk-seconds", type=float, help=CHUNK_HELP)
+    dec.set_defaults(func=decode)
+
+    inf = verbs.add_parser(
+        "info",
+        help="check an .esc file and describe it",
+        description="Read every packet of an .esc file, check it, and print what it holds.",
+    )
+    inf.add_argument("input", help=".esc file")
+    inf.add_argument("--model", help="model to check the file against (default: the packaged model)")
+    inf.set_defaults(func=info)
+
+    rt = verbs.add_parser(
+        "roundtrip",
+        help="encode and decode a file, writing the decoded audio",
+        description="Encode and decode an audio file (what `encode` then `decode` give).",
+    )
     rt.add_argument("input", help="audio file (wav, flac, ogg; any rate, mono or multichannel)")
-    rt.add_argument("output", help="decoded audio file to write")
-    rt.add_argument("--kbps", type=float, help="bitrate, a multiple of the model's per-stream rate (ESC-Base: 1.5, 3, "
-                    "4.5, 6, 7.5 or 9); default: the highest")
-    rt.add_argument("--model", help="model folder or Hub id (default: the packaged model)")
+    rt.add_argument("output", help="decoded audio file to write (.wav, .flac or .ogg)")
+    rt.add_argument("--kbps", type=float, help=KBPS_HELP)
+    rt.add_argument("--model", help=MODEL_HELP)
+    rt.add_argument("--chunk-seconds", type=float, help=CHUNK_HELP)
     rt.set_defaults(func=roundtrip)
     return parser
 
@@ -60,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except (AudioFileError, ValueError, OSError) as error:
-        print(f"esc: error: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line, whatever the library said
+        print(f"esc: error: {message}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("esc: interrupted", file=sys.stderr)
+        return 130
     return 0

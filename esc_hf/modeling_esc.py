@@ -81,6 +81,10 @@ class EscOutput(ModelOutput):
 # STFT front end
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def esc_stft(waveform: torch.Tensor, window: torch.Tensor, n_fft: int, hop_length: int) -> torch.Tensor:
     """Complex STFT of `waveform` `(B, L)` as ESC computes it: `(B, 2, n_fft // 2 + 1, L // hop_length + 1)`.
 
@@ -167,6 +171,112 @@ def _window_merge(windows: torch.Tensor, window_size: int, height: int, width: i
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
 
 
+@dataclass(frozen=True)
+class _WindowPlan:
+    """Gather indices that keep a Swin stage's tokens in window order between its blocks (inference path).
+
+    Every token layout here is a flat `(rows, C)` tensor. `to_window[s]` gathers the grid tokens `(B*H*W, C)`, plus
+    one zero row at index `B*H*W` when the grid is padded, into the window order of shift `s`: the padded, rolled
+    grid cut into `ws × ws` windows, row-major tokens inside each window, exactly as pad + roll + partition would
+    give, except that for a shifted order the windows that straddle the cyclic seam (the only ones with a nonzero
+    shift mask) come after all the others, `interior[s]` windows in. `switch[(a, b)]` re-orders from shift `a` to
+    `b`, `to_grid[s]` returns to the cropped grid and `to_merge[s]` (even H only) straight to `EscPatchMerge`'s
+    row pairs. `keep[s]` zeroes the padding tokens after the first norm; `border_mask[s]` is the shift mask of
+    the seam windows, in their order.
+    """
+
+    padded: bool
+    to_window: dict
+    switch: dict
+    to_grid: dict
+    to_merge: dict
+    keep: dict
+    interior: dict
+    border_mask: dict
+
+
+@lru_cache(maxsize=64)
+def _window_plan(batch: int, height: int, width: int, window_size: int, device: torch.device) -> _WindowPlan:
+    ws, shift = window_size, window_size // 2
+    hp, wp = math.ceil(height / ws) * ws, math.ceil(width / ws) * ws
+    padded = (hp, wp) != (height, width)
+    item = torch.arange(batch)[:, None, None, None] * (hp * wp)
+    row, col = torch.arange(hp)[:, None], torch.arange(wp)[None, :]
+    real = ((row < height) & (col < width)).expand(hp, wp)
+    # Index of every padded-grid position in the grid tokens (the appended zero row for padding).
+    source = (torch.arange(batch)[:, None, None] * (height * width) + row * width + col).masked_fill(~real, batch * height * width)
+    orders, inverse = {}, {}
+    to_window, keep, interior, border_mask = {}, {}, {}, {}
+    for s in sorted({0, shift}):
+        # Rolling by -s puts padded position ((r + s) % hp, (c + s) % wp) at (r, c).
+        grid = ((row + s) % hp) * wp + (col + s) % wp
+        windows = grid.view(hp // ws, ws, wp // ws, ws).transpose(1, 2).reshape(-1, ws * ws)
+        positions = item[:, :, 0, 0][..., None] + windows[None]  # (B, nW, N)
+        if s:
+            mask = _shift_window_mask(hp, wp, ws, torch.device("cpu"))
+            seam = (mask != 0).flatten(1).any(1)
+            positions = torch.cat([positions[:, ~seam].reshape(-1), positions[:, seam].reshape(-1)])
+            interior[s] = batch * int((~seam).sum())
+            border_mask[s] = mask[seam][:, None].repeat(batch, 1, 1, 1).to(device)
+        order = positions.reshape(-1)
+        orders[s], inverse[s] = order, torch.argsort(order)
+        to_window[s] = source.reshape(-1)[order].to(device)
+        keep[s] = real.reshape(-1).repeat(batch)[order].to(device, torch.float32)[:, None] if padded else None
+    switch = {(a, b): inverse[a][orders[b]].to(device) for a in orders for b in orders if a != b}
+    grid_positions = (item[..., 0] + row * wp + col)[:, :height, :width].reshape(-1)
+    to_grid = {s: inverse[s][grid_positions].to(device) for s in orders}
+    to_merge = {}
+    for s in orders:
+        if height % 2:
+            to_merge[s] = None
+            continue
+        # (b, h', w, t) ← grid row 2h' + t: PatchMerge's concatenation of two rows on channels.
+        pairs = item[..., 0, None] + (2 * row[: height // 2, :, None] + torch.arange(2)) * wp + col[..., None]
+        to_merge[s] = inverse[s][pairs[:, :, :width].reshape(-1)].to(device)
+    return _WindowPlan(padded, to_window, switch, to_grid, to_merge, keep, interior, border_mask)
+
+
+class _Linear(nn.Linear):
+    """`nn.Linear` that takes its input in its own dtype: with a bf16 backbone
+    ([`EscModel.set_backbone_dtype`]) the LayerNorms and the residual stream stay float32 and only the matmuls run
+    in bf16. A no-op cast in float32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self.weight.dtype))
+
+
+def _onednn_linear(x: torch.Tensor, linear: nn.Linear, activation: str) -> torch.Tensor | None:
+    """`linear(x)` followed by `activation` ("none" or "gelu", erf form) as one oneDNN call on the CPU, or None
+    where that does not apply. It adds the bias inside the GEMM (aten's addmm first copies the broadcast bias into
+    the output) and applies GELU as a post-op (no second pass over the largest activation, no fresh buffer);
+    values equal the separate ops up to float rounding."""
+    if (
+        torch.compiler.is_compiling()  # inductor makes its own oneDNN fusions; checked first, nothing to trace
+        or x.device.type != "cpu"
+        or x.dim() != 2
+        or x.dtype not in (torch.float32, torch.bfloat16)
+        or x.dtype != linear.weight.dtype
+        or linear.bias is None
+        or not torch.backends.mkldnn.is_available()
+        or torch.is_autocast_enabled("cpu")
+    ):
+        return None
+    algorithm = "none" if activation == "gelu" else ""
+    return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, activation, [None] if algorithm else [], algorithm)
+
+
+def _inference_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    x = x.to(linear.weight.dtype)
+    out = _onednn_linear(x.reshape(-1, x.shape[-1]), linear, "none")
+    return linear(x) if out is None else out.view(*x.shape[:-1], -1)
+
+
+def _linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    x = x.to(linear.weight.dtype)
+    out = _onednn_linear(x, linear, "gelu")
+    return F.gelu(linear(x)) if out is None else out
+
+
 class EscWindowAttention(nn.Module):
     """Multi-head self-attention inside `ws × ws` windows with a learned relative position bias."""
 
@@ -178,40 +288,60 @@ class EscWindowAttention(nn.Module):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * window_size - 1) ** 2, num_heads))
         # Derived from window_size alone, so it is recomputed rather than stored (the converter checks it).
         self.register_buffer("relative_position_index", _relative_position_index(window_size), persistent=False)
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = _Linear(dim, 3 * dim)
+        self.proj = _Linear(dim, dim)
+
+    def position_bias(self) -> torch.Tensor:
+        """`(1, heads, N, N)`."""
+        tokens = self.window_size**2
+        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        return bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(0)
 
     def forward(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """`windows` `(B * nW, N, C)`, `mask` `(nW, N, N)` or None → `(B * nW, N, C)`."""
         batch_windows, tokens, channels = windows.shape
-        qkv = self.qkv(windows).reshape(batch_windows, tokens, 3, self.num_heads, channels // self.num_heads)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4)
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(0)  # (1, heads, N, N)
+        bias = self.position_bias()
         if not torch.is_grad_enabled():
             # Inference: the fused kernel is 1.3-1.5x faster over the whole encoder and moves outputs by ~1e-7.
             if mask is not None:
-                bias = (bias + mask[:, None]).repeat(batch_windows // mask.shape[0], 1, 1, 1)
-            out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=self.scale)
-        else:
-            # Training keeps the authors' op order: the fused kernel's backward moves the gradient norm by ~1e-3.
-            attn = (query * self.scale) @ key.transpose(-2, -1) + bias
-            if mask is not None:
-                num_windows = mask.shape[0]
-                attn = attn.view(-1, num_windows, self.num_heads, tokens, tokens) + mask[None, :, None]
-                attn = attn.view(-1, self.num_heads, tokens, tokens)
-            out = attn.softmax(dim=-1) @ value
+                bias = (bias + mask[:, None].to(bias.dtype)).repeat(batch_windows // mask.shape[0], 1, 1, 1)
+            return self.attend(windows, bias)
+        # Training keeps the authors' op order: the fused kernel's backward moves the gradient norm by ~1e-3.
+        qkv = self.qkv(windows).reshape(batch_windows, tokens, 3, self.num_heads, channels // self.num_heads)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4)
+        attn = (query * self.scale) @ key.transpose(-2, -1) + bias
+        if mask is not None:
+            num_windows = mask.shape[0]
+            attn = attn.view(-1, num_windows, self.num_heads, tokens, tokens) + mask[None, :, None].to(attn.dtype)
+            attn = attn.view(-1, self.num_heads, tokens, tokens)
+        out = attn.softmax(dim=-1) @ value
         return self.proj(out.transpose(1, 2).reshape(batch_windows, tokens, channels))
+
+    def attend(self, windows: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """Inference attention with the additive `bias` (position bias, plus the shift mask where it is nonzero),
+        broadcast over windows."""
+        batch_windows, tokens, channels = windows.shape
+        qkv = _inference_linear(windows, self.qkv).view(batch_windows, tokens, 3, self.num_heads, -1)
+        if qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16:
+            # The CPU kernel is ~1.5x slower in bf16 than in float32 on 16-token windows (per-window overhead).
+            qkv, bias = qkv.float(), bias.float()
+        query, key, value = qkv.permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=self.scale)
+        # The CPU kernel returns (B, heads, N, d) as a transposed view of (B, N, heads, d): this reshape is free.
+        out = out.transpose(1, 2).reshape(batch_windows, tokens, channels).to(windows.dtype)
+        return _inference_linear(out, self.proj)
 
 
 class EscMlp(nn.Module):
     def __init__(self, dim: int, hidden_dim: int):
         super().__init__()
-        self.linear_1 = nn.Linear(dim, hidden_dim)
+        self.linear_1 = _Linear(dim, hidden_dim)
         self.act = nn.GELU()
-        self.linear_2 = nn.Linear(hidden_dim, dim)
+        self.linear_2 = _Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled():
+            return _inference_linear(_linear_gelu(x, self.linear_1), self.linear_2)
         return self.linear_2(self.act(self.linear_1(x)))
 
 
@@ -234,7 +364,10 @@ class EscSwinBlock(nn.Module):
         # Padding tokens are zeros after the norm and are deliberately not masked: the authors' model attends to
         # them (their keys and values are the qkv biases), and parity needs the same.
         pad_h, pad_w = -height % ws, -width % ws
-        if pad_h or pad_w:
+        # Traced (torch.compile, torch.export) the pad and crop are unconditional, so that one graph serves every
+        # length: branching on a symbolic length would specialise the graph to lengths of one residue.
+        always = torch.compiler.is_compiling()
+        if always or pad_h or pad_w:
             y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
         padded_height, padded_width = height + pad_h, width + pad_w
         if self.shift_size:
@@ -243,10 +376,33 @@ class EscSwinBlock(nn.Module):
         y = _window_merge(y, ws, padded_height, padded_width)
         if self.shift_size:
             y = torch.roll(y, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
-        if pad_h or pad_w:
+        if always or pad_h or pad_w:
             y = y[:, :height, :width]
         x = x + y.reshape(batch, height * width, channels)
         return x + self.mlp(self.norm2(x))
+
+    def forward_windows(self, x: torch.Tensor, plan: _WindowPlan) -> torch.Tensor:
+        """Inference form of `forward` on tokens `(rows, C)` already in this block's window order (see
+        [`_WindowPlan`]); updates `x` in place. The same arithmetic per token, without the per-block pad, roll,
+        partition, merge and crop copies."""
+        tokens, channels = self.window_size**2, x.shape[-1]
+        y = self.norm1(x)
+        keep = plan.keep[self.shift_size]
+        if keep is not None:
+            y.mul_(keep.to(y.dtype))
+        y, windows = y.view(-1, tokens, channels), x.view(-1, tokens, channels)
+        bias = self.attn.position_bias()
+        if self.shift_size:
+            # Only the windows on the cyclic seam have a nonzero shift mask; the others need the bias alone.
+            interior = plan.interior[self.shift_size]
+            seam_bias = bias + plan.border_mask[self.shift_size].to(bias.dtype)
+            if interior:
+                windows[:interior].add_(self.attn.attend(y[:interior], bias))
+            if interior < windows.shape[0]:
+                windows[interior:].add_(self.attn.attend(y[interior:], seam_bias))
+        else:
+            windows.add_(self.attn.attend(y, bias))
+        return x.add_(self.mlp(self.norm2(x)))
 
 
 class EscPatchMerge(nn.Module):
@@ -255,7 +411,7 @@ class EscPatchMerge(nn.Module):
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(2 * in_dim)
-        self.down = nn.Linear(2 * in_dim, out_dim, bias=False)
+        self.down = _Linear(2 * in_dim, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         batch, _, channels = x.shape
@@ -272,7 +428,7 @@ class EscPatchSplit(nn.Module):
     def __init__(self, in_dim: int, out_dim: int):
         super().__init__()
         self.norm = nn.LayerNorm(in_dim)
-        self.up = nn.Linear(in_dim, 2 * out_dim, bias=False)
+        self.up = _Linear(in_dim, 2 * out_dim, bias=False)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         batch = x.shape[0]
@@ -299,14 +455,45 @@ class EscTransformerLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int]:
         """`x` `(B, H*W, C_in)` → `(B, H'*W, C_out)` and `H'`."""
+        # A backbone cast to another dtype (bf16 inference) takes the quantizers' float32 output as it comes.
+        x = x.to(self.swint_blocks[0].norm1.weight.dtype) if len(self.swint_blocks) else x
+        # Under torch.compile the plain path is traced instead: the plan's index tensors are built with data-dependent
+        # shapes, and inductor removes the copies that the plan avoids in eager mode.
+        if not torch.is_grad_enabled() and len(self.swint_blocks) and not torch.compiler.is_compiling():
+            return self._forward_inference(x, height, width)
         ws = self.window_size
-        mask = _shift_window_mask(math.ceil(height / ws) * ws, math.ceil(width / ws) * ws, ws, x.device)
+        padded_height, padded_width = (height + ws - 1) // ws * ws, (width + ws - 1) // ws * ws
+        # A traced length is symbolic: no cache lookup on it.
+        build = _shift_window_mask.__wrapped__ if torch.compiler.is_compiling() else _shift_window_mask
+        mask = build(padded_height, padded_width, ws, x.device)
         for block in self.swint_blocks:
             x = block(x, height, width, mask)
+        return self._rescale(x, height, width)
+
+    def _rescale(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int]:
         if self.scale is None:
             return x, height
         x = self.subsample(x, height, width)
         return x, (height + 1) // 2 if self.scale == "down" else 2 * height
+
+    def _forward_inference(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int]:
+        batch, _, channels = x.shape
+        plan = _window_plan(batch, height, width, self.window_size, x.device)
+        flat = x.reshape(-1, channels)
+        if plan.padded:
+            flat = torch.cat([flat, flat.new_zeros(1, channels)])
+        shift = self.swint_blocks[0].shift_size
+        x = flat.index_select(0, plan.to_window[shift])  # a fresh tensor: the blocks update it in place
+        for block in self.swint_blocks:
+            if block.shift_size != shift:
+                x = x.index_select(0, plan.switch[(shift, block.shift_size)])
+                shift = block.shift_size
+            x = block.forward_windows(x, plan)
+        if self.scale == "down" and plan.to_merge[shift] is not None:
+            pairs = x.index_select(0, plan.to_merge[shift]).view(batch, -1, 2 * channels)
+            return self.subsample.down(self.subsample.norm(pairs)), height // 2
+        x = x.index_select(0, plan.to_grid[shift]).view(batch, height * width, channels)
+        return self._rescale(x, height, width)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -357,7 +544,7 @@ class EscConvLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int]:
-        x = self.blocks(x)
+        x = self.blocks(x.to(self.blocks[-3].conv.weight.dtype))
         return x, x.shape[-2]
 
 
@@ -365,7 +552,7 @@ class EscConvPrePost(EscConv2d):
     """The CNN backbone's stage at full resolution: one plain convolution (no norm, no activation)."""
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int]:
-        return super().forward(x), height
+        return super().forward(x.to(self.conv.weight.dtype)), height
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -382,7 +569,7 @@ class EscPatchEmbed(nn.Module):
 
     def forward(self, stft: torch.Tensor) -> torch.Tensor:
         """`(B, 2, F, T)` → tokens `(B, H0*W, C0)` (Swin) or `(B, C0, H0, W)` (CNN); an odd last frame is dropped."""
-        x = self.proj(stft)
+        x = self.proj(stft.to(self.proj.weight.dtype))
         if not self.is_swin:
             return x
         return self.norm(x.flatten(2).transpose(1, 2))
@@ -403,12 +590,86 @@ class EscPatchDeEmbed(nn.Module):
         # rearranges produce, and the CPU convolution kernels are faster on it.
         if self.is_swin:
             x = x.view(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
+        x = x.to(self.de_proj1.weight.dtype)
+        if not torch.is_grad_enabled() and all(
+            size >= n + self.de_proj1.padding[0] for size, n in zip(x.shape[-2:], self._edge_patches())
+        ):
+            return self._fused(x)
+        return self._two_convs(x)
+
+    def _edge_patches(self) -> tuple[int, int]:
+        """Patches along each axis whose first-convolution outputs the second convolution's edge taps read."""
+        k2 = self.de_proj2.padding[0]
+        return tuple((2 * k2 - 1) // s + 1 for s in self.patch_size)
+
+    def _two_convs(self, x: torch.Tensor) -> torch.Tensor:
         x = self.de_proj1(x).permute(0, 2, 3, 1)
         batch, height, width, _ = x.shape
         s1, s2 = self.patch_size
         # Channel (s1_idx * s2 + s2_idx) * C0 + c goes to row s1*h + s1_idx, column s2*w + s2_idx.
         x = x.reshape(batch, height, width, s1, s2, -1).permute(0, 1, 3, 2, 4, 5)
         return self.de_proj2(x.reshape(batch, height * s1, width * s2, -1).permute(0, 3, 1, 2))
+
+    def _fused_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two convolutions and the pixel shuffle between them as one convolution on the coarse grid: output
+        channel `(i, j, o)` is STFT channel `o` at sub-position `(i, j)` of a patch. A 3×3 tap `(dy, dx)` of
+        `de_proj2` at sub-position `(i, j)` reads sub-position `((i + dy) mod s1, (j + dx) mod s2)` of the patch
+        `(⌊(i + dy) / s1⌋, ⌊(j + dx) / s2⌋)` away, so the 5×5 kernel of `de_proj1` lands shifted by that in a 7×7
+        kernel."""
+        s1, s2 = self.patch_size
+        # Composed in float32 at least, so that a bf16 backbone rounds the fused kernel once.
+        w1, b1, w2, b2 = (_at_least_float32(t) for t in (self.de_proj1.weight, self.de_proj1.bias, self.de_proj2.weight, self.de_proj2.bias))
+        dim, k1, k2 = w2.shape[1], w1.shape[-1] // 2, w2.shape[-1] // 2
+        w1 = w1.view(s1, s2, dim, *w1.shape[1:])
+        b1 = b1.view(s1, s2, dim)
+        size = w1.shape[-1] + 2 * k2
+        weight = w1.new_zeros(s1, s2, w2.shape[0], w1.shape[3], size, size)
+        bias = b2.expand(s1, s2, -1).clone()
+        for i in range(s1):
+            for j in range(s2):
+                for dy in range(-k2, k2 + 1):
+                    for dx in range(-k2, k2 + 1):
+                        (py, ty), (px, tx) = divmod(i + dy, s1), divmod(j + dx, s2)
+                        tap = w2[:, :, dy + k2, dx + k2]  # (2, C0)
+                        weight[i, j, :, :, py + k2 : py + k2 + 2 * k1 + 1, px + k2 : px + k2 + 2 * k1 + 1] += torch.einsum(
+                            "oc,cikl->oikl", tap, w1[ty, tx]
+                        )
+                        bias[i, j] += tap @ b1[ty, tx]
+        return weight.flatten(0, 2), bias.flatten()
+
+    def _fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference: ~6x fewer FLOPs than the two convolutions (12 instead of 6·C0 + 2 output channels per
+        patch). The fused kernel reads a zero-padded input as if the first convolution's output existed outside the
+        grid, where the second convolution reads zeros; the four edge rows and columns that this touches are
+        recomputed with the two convolutions on thin strips."""
+        s1, s2 = self.patch_size
+        batch, _, height, width = x.shape
+        weight, bias = (t.to(x.dtype) for t in self._fused_weights())
+        reach = weight.shape[-1] // 2
+        out = F.conv2d(x, weight, bias, padding=reach)
+        out = out.view(batch, s1, s2, 2, height, width).permute(0, 3, 4, 1, 5, 2).reshape(batch, 2, height * s1, width * s2)
+        # Output rows 0 .. k2-1 (and the last k2, and the same columns) read the first convolution's output
+        # outside the grid; their patches are recomputed from the input rows they read, padded by hand.
+        k1, k2 = self.de_proj1.padding[0], self.de_proj2.padding[0]
+        n_rows, n_cols = self._edge_patches()
+        top = self._two_convs_strip(F.pad(x[:, :, : n_rows + k1], (0, 0, k1, 0)), rows=True)
+        bottom = self._two_convs_strip(F.pad(x[:, :, -(n_rows + k1) :], (0, 0, 0, k1)), rows=True)
+        left = self._two_convs_strip(F.pad(x[..., : n_cols + k1], (k1, 0)), rows=False)
+        right = self._two_convs_strip(F.pad(x[..., -(n_cols + k1) :], (0, k1)), rows=False)
+        out[:, :, :k2], out[:, :, -k2:] = top[:, :, :k2], bottom[:, :, -k2:]
+        out[..., :k2], out[..., -k2:] = left[..., :k2], right[..., -k2:]
+        return out
+
+    def _two_convs_strip(self, x: torch.Tensor, rows: bool) -> torch.Tensor:
+        """`_two_convs` on a strip padded by hand along its thin axis: one patch row (or column) of output."""
+        conv = self.de_proj1
+        k1 = conv.padding[0]
+        padding = (0, k1) if rows else (k1, 0)
+        y = F.conv2d(x, conv.weight, conv.bias, padding=padding).permute(0, 2, 3, 1)
+        batch, height, width, _ = y.shape
+        s1, s2 = self.patch_size
+        y = y.reshape(batch, height, width, s1, s2, -1).permute(0, 1, 3, 2, 4, 5)
+        return self.de_proj2(y.reshape(batch, height * s1, width * s2, -1).permute(0, 3, 1, 2))
 
 
 class EscEncoder(nn.Module):
@@ -477,8 +738,9 @@ class EscCodebook(nn.Module):
 
     def encode(self, z: torch.Tensor) -> torch.LongTensor:
         """`(B, K, d)` → codes `(B, K)`; ties go to the lowest index."""
-        codebook = self.embedding.weight
-        flat = z.reshape(-1, z.shape[-1])
+        # The search runs in float32 at least, also when the model was cast to a 16-bit type.
+        codebook = _at_least_float32(self.embedding.weight)
+        flat = _at_least_float32(z.reshape(-1, z.shape[-1]))
         if self.l2norm:
             codebook, flat = F.normalize(codebook, dim=-1), F.normalize(flat, dim=-1)
         dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ codebook.t() + codebook.pow(2).sum(1)[None]
@@ -549,7 +811,7 @@ class EscProductVectorQuantizer(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.LongTensor:
         """Feature map → codes `(B, G, K)`."""
-        groups = self.grouping.to_vectors(x).split(self.group_dims, dim=-1)
+        groups = self.grouping.to_vectors(x).to(self.down_projs[0].weight.dtype).split(self.group_dims, dim=-1)
         return torch.stack([vq.encode(proj(g)) for g, proj, vq in zip(groups, self.down_projs, self.vqs)], dim=1)
 
     def decode(self, codes: torch.LongTensor) -> torch.Tensor:
@@ -563,7 +825,7 @@ class EscProductVectorQuantizer(nn.Module):
         With `bypass` (warm start) the codebooks are skipped, `W_out(W_in(x))` is returned and the losses are zero;
         they are still computed and multiplied by zero so that the codebooks receive zero (not missing) gradients.
         """
-        groups = self.grouping.to_vectors(x).split(self.group_dims, dim=-1)
+        groups = self.grouping.to_vectors(x).to(self.down_projs[0].weight.dtype).split(self.group_dims, dim=-1)
         outputs, codes, commitment, codebook = [], [], 0.0, 0.0
         for g, down, up, vq in zip(groups, self.down_projs, self.up_projs, self.vqs):
             z_e = down(g)
@@ -600,11 +862,12 @@ class EscResidualVectorQuantizer(nn.Module):
                 residual = residual - vq.decode(codes[-1])
         return torch.stack(codes, dim=1)
 
-    def decode(self, codes: torch.LongTensor) -> torch.Tensor:
-        """Codes `(B, n, K)` → `(B, K, D_g)`."""
+    def decode(self, codes: torch.LongTensor, stream_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes `(B, n, K)` → `(B, K, D_g)`; `stream_weights` `(n,)` of 0/1 drops streams (see `EscModel`)."""
         z = 0.0
         for i in range(codes.shape[1]):
-            z = z + self.vqs[i].decode(codes[:, i])
+            q = self.vqs[i].decode(codes[:, i])
+            z = z + (q if stream_weights is None else stream_weights[i] * q)
         return self.proj_up(z)
 
     def forward(self, x: torch.Tensor, num_streams: int, bypass: bool):
@@ -635,17 +898,20 @@ class EscProductResidualVectorQuantizer(nn.Module):
         self.group_dims = _split_dimension(config.overlap * dim * freq, config.group_size)
         self.vqs = nn.ModuleList(EscResidualVectorQuantizer(config, d) for d in self.group_dims)
 
+    def _dtype(self) -> torch.dtype:
+        return self.vqs[0].vqs[0].embedding.weight.dtype
+
     def encode(self, x: torch.Tensor, num_streams: int) -> torch.LongTensor:
         """Bottleneck feature → codes `(B, num_streams, G, K)`."""
-        groups = self.grouping.to_vectors(x).split(self.group_dims, dim=-1)
+        groups = self.grouping.to_vectors(x).to(self._dtype()).split(self.group_dims, dim=-1)
         return torch.stack([rvq.encode(g, num_streams) for g, rvq in zip(groups, self.vqs)], dim=2)
 
-    def decode(self, codes: torch.LongTensor) -> torch.Tensor:
-        parts = [rvq.decode(codes[:, :, g]) for g, rvq in enumerate(self.vqs)]
+    def decode(self, codes: torch.LongTensor, stream_weights: torch.Tensor | None = None) -> torch.Tensor:
+        parts = [rvq.decode(codes[:, :, g], stream_weights) for g, rvq in enumerate(self.vqs)]
         return self.grouping.from_vectors(torch.cat(parts, dim=-1))
 
     def forward(self, x: torch.Tensor, num_streams: int, bypass: bool):
-        groups = self.grouping.to_vectors(x).split(self.group_dims, dim=-1)
+        groups = self.grouping.to_vectors(x).to(self._dtype()).split(self.group_dims, dim=-1)
         outputs, codes, commitment, codebook = [], [], 0.0, 0.0
         for g, rvq in zip(groups, self.vqs):
             z_q, code, cm, cb = rvq(g, num_streams, bypass)
@@ -742,6 +1008,25 @@ class EscModel(EscPreTrainedModel):
         """The length `length` samples are zero-padded to before the STFT (see [`esc_padded_length`])."""
         return esc_padded_length(length, self.config.hop_length, self.frames_per_code, self.config.n_fft)
 
+    def set_backbone_dtype(self, dtype: torch.dtype) -> "EscModel":
+        """Opt-in, approximate: casts the encoder and decoder (nearly all of the compute) to `dtype`, typically
+        `torch.bfloat16` on a GPU or a CPU with AVX512-BF16/AMX, where it runs several times faster. The STFT, the
+        quantizers (projections and codebook search) and the inverse STFT stay in float32, so codes are still
+        searched at full precision, but from slightly different features: they no longer match float32 exactly
+        (`benchmarks/bench_codec.py` reports the agreement). Casting back does not restore the float32 weights;
+        load the model again for exact outputs. Returns the model.
+        """
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError(f"dtype must be a floating point torch.dtype, got {dtype!r}")
+        self.encoder.to(dtype)
+        self.decoder.to(dtype)
+        for module in self.modules():
+            # Normalisation and the residual stream stay float32: bf16 LayerNorms over 45 channels are 2.5x
+            # slower on the CPU, and the stream keeps full precision between the bf16 matmuls.
+            if isinstance(module, nn.LayerNorm):
+                module.float()
+        return self
+
     def _resolve_num_streams(self, num_streams: int | None, bandwidth: float | None) -> int:
         if num_streams is not None and bandwidth is not None:
             raise ValueError("give num_streams or bandwidth, not both")
@@ -804,6 +1089,7 @@ class EscModel(EscPreTrainedModel):
         return esc_stft(waveform, self.window.to(waveform.dtype), self.config.n_fft, self.config.hop_length)
 
     def _istft(self, stft: torch.Tensor) -> torch.Tensor:
+        stft = _at_least_float32(stft)
         return esc_istft(stft, self.window.to(stft.dtype), self.config.n_fft, self.config.hop_length)
 
     @staticmethod
@@ -903,25 +1189,31 @@ class EscModel(EscPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_codes(audio_codes)
         with torch.no_grad():
-            stft = self._decode_stft(audio_codes.long())
+            stft = _at_least_float32(self._decode_stft(audio_codes.long()))
             audio = self._finish_audio(self._istft(stft), padding_mask, None)
         stft = stft if return_stft else None
         if not return_dict:
             return (audio, stft) if return_stft else (audio,)
         return EscDecoderOutput(audio, stft)
 
-    def _decode_stft(self, codes: torch.LongTensor) -> torch.Tensor:
+    def _decode_stft(self, codes: torch.LongTensor, stream_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes → decoder STFT. `stream_weights` `(streams,)`, 1 for a stream to use and 0 for one to drop, lets
+        one traced graph (ONNX) take any number of streams: `1 * q` and `0 * q + x` are exact, so the result is the
+        same as passing only the used streams."""
         width = codes.shape[-1] * self.config.overlap
         height = self.config.bottleneck_frequency
         if self.config.quantizer == "rvq":
-            decoded = self.quantizers.decode(codes)
+            decoded = self.quantizers.decode(codes, stream_weights)
             for block in self.decoder.blocks:
                 decoded, height = block(decoded, height, width)
             return self.decoder.project_out(decoded, height, width)
         decoded = self.quantizers[0].decode(codes[:, 0])
         for i, block in enumerate(self.decoder.blocks):
             if i + 1 < codes.shape[1]:
-                decoded = self.quantizers[i + 1].decode(codes[:, i + 1]) + decoded
+                residual = self.quantizers[i + 1].decode(codes[:, i + 1])
+                if stream_weights is not None:
+                    residual = stream_weights[i + 1] * residual
+                decoded = residual + decoded
             decoded, height = block(decoded, height, width)
         return self.decoder.project_out(decoded, height, width)
 

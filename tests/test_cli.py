@@ -1,11 +1,30 @@
+import copy
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 import soundfile as sf
-
+import torch
 from conftest import SPEECH
-from esc_hf.cli import main
+
+from esc_hf.bitstream import HEADER_SIZE, unpack
+from esc_hf.cli import load_model, main
+
+
+def run_esc(*args, cwd, capsys=None):
+    """Exit code, stdout, stderr of `esc ARGS` run in `cwd`: in a fresh process (the real console entry point), or
+    in this one when given `capsys` (the same `main`, without the seconds of importing torch again)."""
+    if capsys is None:
+        result = subprocess.run(
+            [sys.executable, "-m", "esc_hf", *map(str, args)], capture_output=True, text=True, check=False, cwd=cwd
+        )
+        return result.returncode, result.stdout, result.stderr
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(cwd)
+        capsys.readouterr()
+        code = main(list(map(str, args)))
+    return (code, *capsys.readouterr())
 
 
 def test_roundtrip_real_clip_with_packaged_model(tmp_path, capsys):
@@ -24,13 +43,104 @@ def test_roundtrip_resamples_and_downmixes(tmp_path, capsys):
     assert sf.info(str(tmp_path / "out.flac")).samplerate == 16000
     err = capsys.readouterr().err
     assert "44100 Hz → 16000 Hz" in err and "2 channels" in err
+    assert err.count("note:") == 2, "each change is said once"
 
 
-def test_errors_are_one_line_with_nonzero_exit(tmp_path):
+def test_encode_info_decode_end_to_end(tmp_path, capsys):
+    esc, wav = tmp_path / "speech.esc", tmp_path / "speech.wav"
+    code, out, err = run_esc("encode", SPEECH[1], esc, "--kbps", "3.6", cwd=tmp_path)
+    assert code == 0 and err == "", err
+    assert "3.69 s at 3.6 kbps" in out and f"{esc.stat().st_size:,} bytes" in out
+    codes, header = unpack(esc.read_bytes(), load_model(None))
+    assert header.num_streams == 4 and header.num_samples == sf.info(str(SPEECH[1])).frames
+
+    code, out, err = run_esc("info", esc, cwd=tmp_path, capsys=capsys)
+    assert code == 0 and err == ""
+    assert "58,974 samples at 16000 Hz" in out and "4 streams × 3 codebooks × 6 bits, 185 frames" in out
+    assert "every CRC correct" in out and "decodes with the packaged default model" in out
+
+    code, out, err = run_esc("decode", esc, wav, cwd=tmp_path, capsys=capsys)
+    assert code == 0 and err == "" and "3.69 s at 3.6 kbps" in out
+    decoded = sf.read(str(wav), dtype="float32")[0]
+    # the same audio as decoding the codes in one go (written as 16-bit PCM)
+    model = load_model(None)
+    with torch.inference_mode():
+        direct = model.decode(codes).audio_values[0, 0, : header.num_samples].numpy()
+    assert decoded.shape == direct.shape and np.abs(decoded - direct).max() <= 1 / 32768
+
+    assert run_esc("roundtrip", SPEECH[1], tmp_path / "rt.wav", "--kbps", "3.6", cwd=tmp_path, capsys=capsys)[0] == 0
+    assert np.array_equal(sf.read(str(tmp_path / "rt.wav"))[0], sf.read(str(wav))[0]), "roundtrip = encode + decode"
+
+
+@pytest.mark.parametrize("verb", ["encode", "decode", "info", "roundtrip"])
+def test_help_for_each_verb(verb, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([verb, "--help"])
+    assert exit_.value.code == 0 and f"usage: esc {verb}" in capsys.readouterr().out
+
+
+def test_errors_are_one_line_with_nonzero_exit(tmp_path, capsys):
     (tmp_path / "bad.wav").write_bytes(b"RIFF....garbage")
-    for args in (["roundtrip", "missing.wav", "o.wav"], ["roundtrip", str(tmp_path / "bad.wav"), "o.wav"],
-                 ["roundtrip", str(SPEECH[0]), str(tmp_path / "o.wav"), "--kbps", "5"]):  # fmt: skip
-        result = subprocess.run([sys.executable, "-m", "esc_hf", *args], capture_output=True, text=True, cwd=tmp_path)
-        assert result.returncode == 1
-        assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("esc: error:"), result.stderr
-    assert not list(tmp_path.glob("o.wav*"))
+    esc = tmp_path / "good.esc"
+    assert main(["encode", str(SPEECH[0]), str(esc), "--kbps", "1.8"]) == 0
+    data = esc.read_bytes()
+    (tmp_path / "flipped.esc").write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    (tmp_path / "short.esc").write_bytes(data[:-10])
+    (tmp_path / "header.esc").write_bytes(data[:20])
+    (tmp_path / "text.esc").write_text("hello")
+    other = copy.deepcopy(load_model(None))
+    with torch.no_grad():
+        other.quantizers[0].vqs[0].embedding.weight.mul_(2)
+    other.save_pretrained(tmp_path / "other_model")
+    cases = [
+        (["roundtrip", "missing.wav", "o.wav"], "no such file: missing.wav"),
+        (["encode", "missing.wav", "o.esc"], "no such file: missing.wav"),
+        (["encode", "bad.wav", "o.esc"], "cannot read bad.wav as audio"),
+        (["roundtrip", str(SPEECH[0]), "o.wav", "--kbps", "5"], "bandwidth 5.0 kbps is not supported"),
+        (["encode", str(SPEECH[0]), "o.esc", "--kbps", "6"], "bandwidth 6.0 kbps is not supported"),
+        (["roundtrip", str(SPEECH[0]), "o.mp9"], "unknown audio format 'MP9'"),
+        (["decode", "missing.esc", "o.wav"], "no such file: missing.esc"),
+        (["decode", "flipped.esc", "o.wav"], "flipped.esc: packet 0 (code frame 0) is corrupt (CRC mismatch)"),
+        (["decode", "short.esc", "o.wav"], "short.esc: packet 4 (code frame 200) is cut off"),
+        (["decode", "header.esc", "o.wav"], "header.esc: the header is cut off after 20 of 48 bytes"),
+        (["decode", "text.esc", "o.wav"], "text.esc: not an ESC bitstream"),
+        (["info", "flipped.esc"], "flipped.esc: packet 0 (code frame 0) is corrupt"),
+        (["info", "missing.esc"], "no such file: missing.esc"),
+        (["decode", "good.esc", "o.wav", "--model", "other_model"], "other codebooks"),
+        (["decode", "good.esc", "o.wav", "--model", "no_such_model"], "cannot load model 'no_such_model'"),
+    ]
+    for i, (args, message) in enumerate(cases):
+        code, _, err = run_esc(*args, cwd=tmp_path, capsys=None if i in (0, 7) else capsys)
+        assert code == 1, (args, err)
+        assert err.startswith("esc: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        assert message in err, (message, err)
+    assert not list(tmp_path.glob("o.*")) and not list(tmp_path.glob(".o.*")), "nothing half-written is left"
+
+
+def test_decode_with_the_wrong_default_model_says_what_to_do(tmp_path, capsys):
+    model = copy.deepcopy(load_model(None))
+    with torch.no_grad():
+        model.quantizers[0].vqs[0].embedding.weight.mul_(2)
+    model.save_pretrained(tmp_path / "mine")
+    assert main(["encode", str(SPEECH[0]), str(tmp_path / "x.esc"), "--model", str(tmp_path / "mine")]) == 0
+    code, _, err = run_esc("decode", "x.esc", "x.wav", cwd=tmp_path, capsys=capsys)
+    assert code == 1 and "pass the model that encoded it with --model" in err
+    code, out, _ = run_esc("info", "x.esc", cwd=tmp_path, capsys=capsys)
+    assert code == 0 and "NOT made by the packaged default model" in out
+    assert run_esc("decode", "x.esc", "x.wav", "--model", "mine", cwd=tmp_path, capsys=capsys)[0] == 0
+
+
+def test_file_lengths_and_sizes(tmp_path):
+    """Every length comes back exactly, and the file size is the nominal bitrate plus the documented framing."""
+    model = load_model(None)
+    speech = sf.read(str(SPEECH[0]), dtype="float32")[0]
+    for length in (1, 239, 240, 241, 320, 16000):
+        sf.write(str(tmp_path / "in.wav"), speech[:length], 16000, subtype="FLOAT")
+        assert main(["encode", str(tmp_path / "in.wav"), str(tmp_path / "x.esc"), "--kbps", "0.9"]) == 0
+        assert main(["decode", str(tmp_path / "x.esc"), str(tmp_path / "x.wav")]) == 0
+        assert sf.info(str(tmp_path / "x.wav")).frames == length
+        frames = (model.padded_length(length) + 80) // 320
+        packets = -(-frames // 50)
+        assert (tmp_path / "x.esc").stat().st_size == HEADER_SIZE + packets * 8 + 2 + sum(
+            -(-min(50, frames - s) * 18 // 8) for s in range(0, frames, 50)
+        )

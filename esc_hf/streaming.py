@@ -1,0 +1,485 @@
+"""Long files in bounded memory, and streaming: ESC run chunk by chunk with enough context that every chunk's
+output is the whole-file output.
+
+ESC's Swin stages attend within windows of 4 latent frames, alternately shifted by 2, and never downsample time,
+so each output depends on a finite span of the input: its receptive field. `receptive_field` computes it from the
+model's own layers (window sizes and shifts, convolution kernels, STFT window) and `tests/test_streaming.py`
+checks it against a measurement (perturb one input, see which outputs move). A chunk is run with at least that
+much context on each side, starting on a window boundary, so the windows, STFT frames and code frames line up
+with the whole-file computation: codes are identical, audio identical up to float rounding
+(see `docs/streaming.md` for the numbers).
+
+`ChunkedEncoder` / `ChunkedDecoder` work on samples and codes; `EscStreamingEncoder` / `EscStreamingDecoder`
+add the bitstream's packets; `encode_file` / `decode_file` stream a file through them.
+"""
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from .bitstream import (
+    HEADER_SIZE,
+    EscHeader,
+    PacketReader,
+    PacketWriter,
+    TruncatedError,
+    frames_for_samples,
+    samples_for_frames,
+)
+from .io_utils import atomic_file
+
+# Measured in benchmarks/bench_long_files.py: 10 s chunks keep ESC-Base's peak memory near 0.5 GB while the
+# context around them (< 0.7 s per side) costs under 15 % extra compute.
+FILE_CHUNK_FRAMES = 500
+# 0.2 s: the latency a stream adds on top of the model's look-ahead (see docs/streaming.md).
+STREAM_CHUNK_FRAMES = 10
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Receptive field
+
+
+def _conv_span(conv: nn.Module) -> tuple[int, int]:
+    """Input frames `(first, last)` relative to output frame t of an ESC time convolution (stride 1 in time)."""
+    kernel, padding = conv.kernel_size[-1], conv.padding[-1]
+    if isinstance(conv, nn.ConvTranspose2d):
+        return padding - kernel + 1, padding
+    return -padding, kernel - 1 - padding
+
+
+def _back(module: nn.Module, lo: int, hi: int) -> tuple[int, int]:
+    """The input latent frames that outputs `lo … hi` of `module` depend on (time axis only)."""
+    from .modeling_esc import EscConv2d, EscResidualUnit, EscSwinBlock, EscTransformerLayer
+
+    if isinstance(module, EscTransformerLayer):
+        for block in reversed(module.swint_blocks):
+            lo, hi = _back(block, lo, hi)
+        return lo, hi  # patch merge / split only touch frequency
+    if isinstance(module, EscSwinBlock):
+        ws, shift = module.window_size, module.shift_size
+        return (lo - shift) // ws * ws + shift, (hi - shift) // ws * ws + shift + ws - 1
+    if isinstance(module, EscConv2d):
+        first, last = _conv_span(module.conv)
+        return lo + first, hi + last
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        first, last = _conv_span(module)
+        return lo + first, hi + last
+    children = list(module.children())
+    spans = [(lo, hi)]
+    for child in reversed(children):
+        spans.append(_back(child, *spans[-1]))
+    if isinstance(module, EscResidualUnit):  # x + block(x): the identity path is inside the block's span
+        return min(s[0] for s in spans), max(s[1] for s in spans)
+    return spans[-1]
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """How many code frames of input each side of a code frame its output depends on, and the alignment (code
+    frames) at which a chunk must start for its windows to coincide with the whole-file computation."""
+
+    encode_left: int
+    encode_right: int
+    decode_left: int
+    decode_right: int
+    align: int
+
+
+def receptive_field(model) -> ReceptiveField:
+    """The receptive field of `model.encode` (code frame ← samples) and `model.decode` (samples ← code frames)."""
+    config = model.config
+    hop, spf, overlap = config.hop_length, config.samples_per_code_frame, config.overlap
+    patch = config.patch_size[1]
+    window_offset = (config.n_fft - config.win_length) // 2 - config.n_fft // 2  # first sample of frame 0
+    align = 1
+    if config.backbone == "swin":
+        align = math.lcm(config.window_size, overlap) // overlap
+
+    def group(lo, hi):  # a code frame quantises `overlap` latent frames together
+        return lo // overlap * overlap, hi // overlap * overlap + overlap - 1
+
+    enc_left = enc_right = dec_left = dec_right = 0
+    base = 1000 * align  # far from 0 so that floor division never sees negative numbers
+    for frame in range(base, base + align):
+        # encode: the last stream's codes of `frame` → samples
+        lo, hi = overlap * frame, overlap * frame + overlap - 1
+        if config.quantizer == "csrvq":
+            for block in reversed(model.decoder.blocks[: config.num_streams - 2]):
+                lo, hi = group(*_back(block, lo, hi))
+        for stage in [*reversed(model.encoder.blocks), model.encoder.pre_nn]:
+            lo, hi = _back(stage, lo, hi)
+        first = hop * patch * lo + window_offset
+        last = hop * (patch * hi + patch - 1) + window_offset + config.win_length - 1
+        enc_left = max(enc_left, frame - first // spf)
+        enc_right = max(enc_right, last // spf - frame)
+
+        # decode: samples of `frame` → code frames (iSTFT, de-embedding convolutions, decoder stages)
+        first_sample, last_sample = spf * frame, spf * frame + spf - 1
+        lo = -((window_offset + config.win_length - 1 - first_sample) // hop)  # ceil
+        hi = (last_sample - window_offset) // hop
+        deembed = model.decoder.patch_deembed
+        lo, hi = _back(deembed.de_proj2, lo, hi)
+        lo, hi = _back(deembed.de_proj1, lo // patch, hi // patch)
+        for stage in [model.decoder.post_nn, *reversed(model.decoder.blocks)]:
+            lo, hi = _back(stage, lo, hi)
+        lo, hi = group(lo, hi)
+        dec_left = max(dec_left, frame - lo // overlap)
+        dec_right = max(dec_right, hi // overlap - frame)
+    return ReceptiveField(enc_left, enc_right, dec_left, dec_right, align)
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """Chunk length and context (code frames) for a model; every number a multiple of `align`."""
+
+    chunk_frames: int
+    encode_left: int
+    encode_right: int
+    decode_left: int
+    decode_right: int
+    samples_per_frame: int
+
+    @classmethod
+    def for_model(cls, model, chunk_frames: int = FILE_CHUNK_FRAMES) -> "ChunkPlan":
+        field = receptive_field(model)
+        if isinstance(chunk_frames, bool) or not isinstance(chunk_frames, int) or chunk_frames < 1:
+            raise ValueError(f"chunk_frames must be a positive integer, got {chunk_frames!r}")
+
+        def up(n):
+            return -(-n // field.align) * field.align
+
+        # The decoder also waits for two frames after a chunk: the last 80 samples of the second-to-last code frame
+        # may lie past the end of the audio, which only the final packet tells.
+        return cls(
+            up(chunk_frames),
+            up(field.encode_left),
+            up(field.encode_right),
+            up(field.decode_left),
+            up(max(field.decode_right, 2)),
+            model.config.samples_per_code_frame,
+        )
+
+    def latency_frames(self, frames_per_packet: int | None = None) -> int:
+        """Algorithmic latency of encoder + decoder in code frames: from the moment a sample enters the encoder
+        until the decoder can return it, worst case over the samples of a chunk, with no compute time."""
+        # A chunk's first sample waits for the chunk and the encoder's look-ahead; the decoder then needs the
+        # codes `decode_right` frames further on, which arrive with the encoder chunk (or packet) holding them.
+        unit = self.chunk_frames if frames_per_packet is None else math.lcm(self.chunk_frames, frames_per_packet)
+        needed = self.chunk_frames + self.decode_right  # codes the decoder needs, counted from the chunk's start
+        return -(-needed // unit) * unit + self.encode_right
+
+    def latency_seconds(self, sampling_rate: int, frames_per_packet: int | None = None) -> float:
+        return self.latency_frames(frames_per_packet) * self.samples_per_frame / sampling_rate
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Chunked encoder and decoder (samples ⇄ codes)
+
+
+def _model_dtype(model) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+class ChunkedEncoder:
+    """Feed samples in pieces of any size; get the codes of every code frame whose context is complete.
+
+    The codes equal `model.encode` of the whole signal (see the module docstring)."""
+
+    def __init__(self, model, num_streams: int, plan: ChunkPlan | None = None):
+        self.model = model
+        self.num_streams = model._resolve_num_streams(num_streams, None)
+        self.plan = plan or ChunkPlan.for_model(model)
+        self.spf = model.config.samples_per_code_frame
+        self._buffer = np.zeros(0, dtype=np.float32)
+        self._buffer_start = 0  # absolute index of _buffer[0]
+        self.num_samples = 0  # samples received
+        self.next_frame = 0  # first code frame not yet returned
+        self.finished = False
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((self.num_streams, self.model.config.group_size, 0), dtype=np.int64)
+
+    def push(self, samples) -> np.ndarray:
+        """Add mono float samples; returns codes `(streams, groups, frames)` (possibly 0 frames)."""
+        if self.finished:
+            raise ValueError("this encoder is finished; start a new one")
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if not np.isfinite(samples).all():
+            raise ValueError("audio samples must be finite (got NaN or infinity)")
+        self._buffer = np.concatenate([self._buffer, samples])
+        self.num_samples += samples.size
+        out = []
+        plan = self.plan
+        while self.num_samples >= self.spf * (self.next_frame + plan.chunk_frames + plan.encode_right):
+            end_frame = self.next_frame + plan.chunk_frames
+            out.append(self._chunk(end_frame, self.spf * (end_frame + plan.encode_right)))
+        return np.concatenate(out, axis=-1) if out else self._empty()
+
+    def finish(self) -> np.ndarray:
+        """The remaining codes, up to the end of the audio."""
+        if self.finished:
+            raise ValueError("this encoder is already finished")
+        if self.num_samples == 0:
+            raise ValueError("no audio was given")
+        self.finished = True
+        total = frames_for_samples(self.model, self.num_samples)
+        out = []
+        while self.next_frame < total:
+            end_frame = min(self.next_frame + self.plan.chunk_frames, total)
+            out.append(self._chunk(end_frame, min(self.num_samples, self.spf * (end_frame + self.plan.encode_right))))
+        self._buffer = self._buffer[:0]
+        return np.concatenate(out, axis=-1) if out else self._empty()
+
+    def _chunk(self, end_frame: int, end_sample: int) -> np.ndarray:
+        start_frame = max(0, self.next_frame - self.plan.encode_left)
+        start = self.spf * start_frame - self._buffer_start
+        audio = torch.from_numpy(self._buffer[start : end_sample - self._buffer_start])
+        with torch.inference_mode():
+            audio = audio.to(self.model.device, _model_dtype(self.model))
+            codes = self.model.encode(audio[None, None], num_streams=self.num_streams)
+        codes = codes.audio_codes[0, :, :, self.next_frame - start_frame : end_frame - start_frame].cpu().numpy()
+        self.next_frame = end_frame
+        keep_from = self.spf * max(0, self.next_frame - self.plan.encode_left)
+        self._buffer = self._buffer[keep_from - self._buffer_start :]
+        self._buffer_start = keep_from
+        return codes
+
+
+class ChunkedDecoder:
+    """Feed codes in pieces of any size; get the samples whose codes are all in. `finish(num_samples)` returns the
+    rest. The audio equals `model.decode` of all codes, cropped to `num_samples`."""
+
+    def __init__(self, model, plan: ChunkPlan | None = None):
+        self.model = model
+        self.plan = plan or ChunkPlan.for_model(model)
+        self.spf = model.config.samples_per_code_frame
+        self._codes = None  # (streams, groups, frames) from frame _codes_start
+        self._codes_start = 0
+        self.num_frames = 0  # frames received
+        self.next_frame = 0  # first code frame whose samples are not yet returned
+        self.samples_out = 0
+        self.finished = False
+
+    def push(self, codes) -> np.ndarray:
+        """Add codes `(streams, groups, frames)`; returns float32 samples (possibly none)."""
+        if self.finished:
+            raise ValueError("this decoder is finished; start a new one")
+        codes = np.asarray(codes, dtype=np.int64)
+        if self._codes is not None and codes.shape[:2] != self._codes.shape[:2]:
+            raise ValueError(f"codes of shape {codes.shape} do not continue codes of shape {self._codes.shape}")
+        self._codes = codes if self._codes is None else np.concatenate([self._codes, codes], axis=-1)
+        self.num_frames += codes.shape[-1]
+        plan, out = self.plan, []
+        while self.num_frames >= self.next_frame + plan.chunk_frames + plan.decode_right:
+            out.append(self._chunk(self.next_frame + plan.chunk_frames, last=False))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def finish(self, num_samples: int | None = None) -> np.ndarray:
+        """The remaining samples: up to `num_samples` in all, or every sample the codes describe."""
+        if self.finished:
+            raise ValueError("this decoder is already finished")
+        if self.num_frames == 0:
+            raise ValueError("no codes were given")
+        self.finished = True
+        full = samples_for_frames(self.model, self.num_frames)
+        if num_samples is not None and not self.samples_out <= num_samples <= full:
+            raise ValueError(f"{self.num_frames} code frames cannot give {num_samples} samples")
+        out = []
+        while self.next_frame < self.num_frames:
+            out.append(self._chunk(min(self.next_frame + self.plan.chunk_frames, self.num_frames), last=True))
+        audio = np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+        if num_samples is not None:
+            audio = audio[: num_samples - (self.samples_out - audio.size)]
+        self._codes = None
+        return audio
+
+    def _chunk(self, end_frame: int, last: bool) -> np.ndarray:
+        start_frame = max(0, self.next_frame - self.plan.decode_left)
+        stop_frame = min(self.num_frames, end_frame + self.plan.decode_right)
+        codes = torch.from_numpy(self._codes[..., start_frame - self._codes_start : stop_frame - self._codes_start])
+        with torch.inference_mode():
+            audio = self.model.decode(codes[None].to(self.model.device)).audio_values[0, 0].float().cpu().numpy()
+        begin = self.spf * (self.next_frame - start_frame)
+        end = audio.size if last and end_frame == self.num_frames else self.spf * (end_frame - start_frame)
+        self.next_frame = end_frame
+        self.samples_out += end - begin
+        keep_from = max(0, self.next_frame - self.plan.decode_left)
+        self._codes = self._codes[..., keep_from - self._codes_start :]
+        self._codes_start = keep_from
+        return audio[begin:end]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Streaming with packets
+
+
+class EscStreamingEncoder:
+    """Audio in, `.esc` packets out. Send `header` (bytes) first; every packet is self-checking (CRC, sequence
+    number), and `flush()` returns the final packet, which carries the exact length.
+
+    ```python
+    encoder = EscStreamingEncoder(model, kbps=6)
+    send(encoder.header)
+    for block in microphone_blocks:
+        for packet in encoder.push(block):
+            send(packet)
+    for packet in encoder.flush():
+        send(packet)
+    ```
+    """
+
+    def __init__(
+        self,
+        model,
+        kbps: float | None = None,
+        num_streams: int | None = None,
+        chunk_frames: int = STREAM_CHUNK_FRAMES,
+        frames_per_packet: int | None = None,
+    ):
+        if kbps is not None:
+            num_streams = model._resolve_num_streams(num_streams, kbps)
+        self.plan = ChunkPlan.for_model(model, chunk_frames)
+        frames_per_packet = frames_per_packet or self.plan.chunk_frames
+        self.header_info = EscHeader.for_model(model, num_streams or model.config.num_streams, None, frames_per_packet)
+        self._encoder = ChunkedEncoder(model, self.header_info.num_streams, self.plan)
+        self._writer = PacketWriter(self.header_info)
+        self._pending = self._encoder._empty()
+        self.num_samples = None  # known after flush
+
+    @property
+    def header(self) -> bytes:
+        return self.header_info.to_bytes()
+
+    @property
+    def latency_seconds(self) -> float:
+        """Algorithmic latency of this encoder and a matching `EscStreamingDecoder` (see `ChunkPlan`)."""
+        return self.plan.latency_seconds(self.header_info.sample_rate, self.header_info.frames_per_packet)
+
+    def push(self, samples) -> list[bytes]:
+        """Mono float samples at the model's rate → the packets now complete (possibly none)."""
+        return self._packets(self._encoder.push(samples), final=False)
+
+    def flush(self) -> list[bytes]:
+        """Ends the stream: the remaining packets, the last of them final."""
+        codes = self._encoder.finish()
+        self.num_samples = self._encoder.num_samples
+        return self._packets(codes, final=True)
+
+    def _packets(self, codes: np.ndarray, final: bool) -> list[bytes]:
+        self._pending = np.concatenate([self._pending, codes], axis=-1)
+        size, packets = self.header_info.frames_per_packet, []
+        # The encoder's look-ahead guarantees frames after every pushed chunk, so a full packet is never the last.
+        while self._pending.shape[-1] > size or (self._pending.shape[-1] == size and not final):
+            packets.append(self._writer.packet(self._pending[..., :size]))
+            self._pending = self._pending[..., size:]
+        if final:
+            frames = self._encoder.next_frame
+            drop = frames * self.header_info.samples_per_frame - self.num_samples
+            packets.append(self._writer.packet(self._pending, final=True, drop=drop))
+            self._pending = self._pending[..., :0]
+        return packets
+
+
+class EscStreamingDecoder:
+    """`.esc` packets in, audio out. Give it the stream's header (bytes or `EscHeader`); it checks that `model`
+    made the stream, each packet's CRC and order. `push(packet)` returns the samples now complete; after the final
+    packet it returns all the rest, trimmed to the exact length."""
+
+    def __init__(self, model, header, chunk_frames: int = STREAM_CHUNK_FRAMES):
+        self.header_info = header if isinstance(header, EscHeader) else EscHeader.from_bytes(header)
+        self.header_info.check_model(model)
+        self._reader = PacketReader(self.header_info)
+        self._decoder = ChunkedDecoder(model, ChunkPlan.for_model(model, chunk_frames))
+        self.num_samples = None  # known after the final packet
+
+    @property
+    def finished(self) -> bool:
+        return self._reader.finished
+
+    def push(self, packet: bytes) -> np.ndarray:
+        parsed = self._reader.parse(bytes(packet))
+        audio = self._decoder.push(parsed.codes)
+        if parsed.final:
+            self.num_samples = self._reader.num_samples
+            audio = np.concatenate([audio, self._decoder.finish(self.num_samples)])
+        return audio
+
+    def flush(self) -> np.ndarray:
+        """At the end of the stream: nothing more if the final packet came; else `TruncatedError`."""
+        if not self._reader.finished:
+            raise TruncatedError(f"the stream ended before its final packet (after {self._reader.frames} code frames)")
+        return np.zeros(0, dtype=np.float32)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Files
+
+
+def encode_file(
+    model,
+    blocks,
+    path: str | Path,
+    num_streams: int,
+    chunk_frames: int = FILE_CHUNK_FRAMES,
+    frames_per_packet: int | None = None,
+    progress=None,
+) -> EscHeader:
+    """Writes the `.esc` file of the audio in `blocks` (an iterable of mono float32 arrays at the model's rate)
+    atomically, in memory that does not grow with the length. `progress(samples)` is called after each block."""
+    from .bitstream import DEFAULT_FRAMES_PER_PACKET
+
+    encoder = EscStreamingEncoder(
+        model,
+        num_streams=num_streams,
+        chunk_frames=chunk_frames,
+        frames_per_packet=frames_per_packet or DEFAULT_FRAMES_PER_PACKET,
+    )
+    with atomic_file(path) as handle:
+        handle.write(encoder.header)  # rewritten with the length at the end
+        for block in blocks:
+            for packet in encoder.push(block):
+                handle.write(packet)
+            if progress is not None:
+                progress(len(block))
+        for packet in encoder.flush():
+            handle.write(packet)
+        header = encoder.header_info.with_length(encoder.num_samples, encoder._encoder.next_frame)
+        handle.seek(0)
+        handle.write(header.to_bytes())
+    return header
+
+
+def read_header(path: str | Path) -> EscHeader:
+    with open(path, "rb") as handle:
+        return EscHeader.from_bytes(handle.read(HEADER_SIZE))
+
+
+def iter_packets(path: str | Path, header: EscHeader | None = None):
+    """The header, then every checked `Packet` of an `.esc` file, read one at a time."""
+    with open(path, "rb") as handle:
+        found = EscHeader.from_bytes(handle.read(HEADER_SIZE))
+        yield found
+        reader = PacketReader(found if header is None else header)
+        while (packet := reader.read(handle)) is not None:
+            yield packet
+
+
+def decode_file(model, path: str | Path, chunk_frames: int = FILE_CHUNK_FRAMES):
+    """Yields the header, then blocks of decoded float32 samples of an `.esc` file, in bounded memory. Every
+    check of the stream happens before the samples that depend on it are yielded."""
+    packets = iter_packets(path)
+    header = next(packets)
+    header.check_model(model)
+    yield header
+    decoder = ChunkedDecoder(model, ChunkPlan.for_model(model, chunk_frames))
+    for packet in packets:
+        audio = decoder.push(packet.codes)
+        if packet.final:
+            num_samples = decoder.num_frames * header.samples_per_frame - packet.drop
+            audio = np.concatenate([audio, decoder.finish(num_samples)])
+        if audio.size:
+            yield audio

@@ -1,0 +1,70 @@
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import SPEECH
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import compare_codecs
+
+CODECS = ["esc", "opus", "codec2", "speex", "amr-wb"]
+
+
+@pytest.fixture(scope="module")
+def comparison(tmp_path_factory):
+    """The harness on the two real clips (first 2 s of each), with every codec installed here."""
+    out = tmp_path_factory.mktemp("compare")
+    summary, skipped = compare_codecs.run(SPEECH[0].parent, out, max_seconds=2.0, log=lambda *_: None)
+    with open(out / "compare.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    return out, summary, skipped, rows
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_each_installed_codec_is_measured(comparison, codec):
+    _, summary, skipped, rows = comparison
+    if codec in skipped:
+        pytest.skip(f"{codec} is not installed here: {skipped[codec]}")
+    mine = [r for r in rows if r["codec"] == codec]
+    rates = sorted({float(r["kbps"]) for r in mine})
+    assert len(mine) == 2 * len(rates) and {r["file"] for r in mine} == {p.name for p in SPEECH}
+    assert "packaged default model" in mine[0]["checkpoint"]
+    for row in mine:
+        for metric in ("pesq", "stoi", "mel_distance", "si_sdr"):
+            assert np.isfinite(float(row[metric])), row
+        # what the codec wrote is its nominal rate plus container overhead (large for 2 s clips), never less
+        assert 0.95 * float(row["kbps"]) <= float(row["file_kbps"]) <= 2 * float(row["kbps"]) + 1, row
+    means = {r["kbps"]: r for r in summary if r["codec"] == codec}
+    if codec == "esc":
+        assert rates == [0.9, 1.8, 2.7, 3.6, 4.5, 5.4]
+        assert all(r["lag_samples"] == "0" for r in mine), "ESC's output is never shifted"
+    elif codec == "codec2":
+        assert means[3.2]["stoi"] > 0.7  # narrowband, but intelligible
+    else:  # wideband codecs on real speech: good at their top rate, and better than at their lowest
+        top, low = means[max(rates)], means[min(rates)]
+        assert top["pesq"] > 3.0 and top["stoi"] > 0.9 and top["pesq"] > low["pesq"]
+
+
+def test_outputs(comparison):
+    out, summary, skipped, _ = comparison
+    assert (out / "rate_distortion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(out / "summary.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == len(summary)
+    assert {r["codec"] for r in summary} == set(CODECS) - set(skipped)
+
+
+def test_alignment_finds_a_codec_delay():
+    clip = sf.read(str(SPEECH[1]), dtype="float32")[0][:16000]
+    delayed = np.concatenate([np.zeros(123, dtype=np.float32), clip * 0.5])
+    aligned, lag = compare_codecs.align(clip, delayed)
+    assert lag == 123 and np.allclose(aligned, clip * 0.5)
+    assert compare_codecs.align(clip, delayed, max_lag=0)[1] == 0
+
+
+def test_a_missing_tool_is_a_reason_not_a_crash(monkeypatch):
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(compare_codecs.CodecUnavailable, match="opusenc, opusdec not found on PATH"):
+        compare_codecs.OpusCodec().check()

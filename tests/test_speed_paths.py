@@ -1,0 +1,98 @@
+"""The inference fast paths (window-order Swin stages, fused de-embedding, oneDNN linears, bf16 backbone) against
+the training-path ops, which follow the authors' op order."""
+
+import pytest
+import torch
+
+from conftest import get_fixture
+from esc_hf import EscConfig, EscModel
+from esc_hf.modeling_esc import EscPatchDeEmbed, EscTransformerLayer
+
+
+def _layer(dim=12, heads=3, scale="down"):
+    torch.manual_seed(0)
+    layer = EscTransformerLayer(EscConfig(window_size=4, depth=3), dim, 2 * dim, heads, scale).eval()
+    for p in layer.parameters():  # LayerNorms at their init would hide a mix-up of tokens and channels
+        p.data.normal_(0, 0.3)
+    return layer
+
+
+# Heights and widths that need padding, a grid smaller than one window (the bottleneck case) and odd heights
+# (PatchMerge's zero row); batch 2 checks that the gathers keep items apart.
+@pytest.mark.parametrize("height,width", [(8, 12), (5, 7), (2, 9), (3, 4), (1, 1), (16, 6)])
+@pytest.mark.parametrize("scale", ["down", "up", None])
+def test_window_order_stage_equals_plain_stage(height, width, scale):
+    layer = _layer(scale=scale)
+    x = torch.randn(2, height * width, 12, generator=torch.Generator().manual_seed(height * 100 + width))
+    with torch.no_grad():
+        fast, fast_height = layer(x, height, width)
+    with torch.enable_grad():  # the training path: pad, roll, partition per block, explicit attention
+        plain, plain_height = layer(x, height, width)
+    assert fast_height == plain_height
+    torch.testing.assert_close(fast, plain.detach(), atol=2e-5, rtol=1e-5)
+    with torch.no_grad():  # the input is not modified in place
+        again, _ = layer(x, height, width)
+    assert torch.equal(again, fast)
+
+
+@pytest.mark.parametrize("patch_size", [(3, 2), (2, 2), (3, 1), (1, 3)])
+@pytest.mark.parametrize("height,width", [(64, 20), (3, 3), (4, 7), (2, 9), (1, 1)])
+def test_fused_deembedding_equals_two_convolutions(patch_size, height, width):
+    torch.manual_seed(0)
+    deembed = EscPatchDeEmbed(EscConfig(patch_size=list(patch_size), hidden_dims=[12, 12, 24, 24, 24, 24])).eval()
+    x = torch.randn(2, height * width, 12)
+    with torch.no_grad():
+        fused = deembed(x, height, width)
+        reference = deembed._two_convs(x.view(2, height, width, -1).permute(0, 3, 1, 2))
+    assert fused.shape == (2, 2, height * patch_size[0], width * patch_size[1])
+    torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
+
+
+def test_stream_weights_drop_streams_exactly():
+    model = get_fixture("swin_rvq").model()
+    codes = model.encode(get_fixture("swin_rvq").inputs["waveform"]).audio_codes
+    csrvq = get_fixture("swin_csrvq").model()
+    codes_cs = csrvq.encode(get_fixture("swin_csrvq").inputs["waveform"]).audio_codes
+    with torch.no_grad():
+        for m, c in ((model, codes), (csrvq, codes_cs)):
+            for n in (1, 3, 6):
+                weights = (torch.arange(6) < n).float()
+                junk = c.clone()
+                junk[:, n:] = 0  # the dropped streams' codes must not matter
+                assert torch.equal(m._decode_stft(junk, weights), m._decode_stft(c[:, :n]))
+
+
+@pytest.mark.parametrize("name", ["swin_csrvq", "conv_rvq"])
+def test_bf16_backbone_is_opt_in_and_close(name):
+    fixture = get_fixture(name)
+    waveform = fixture.inputs["waveform"]
+    model = fixture.model()
+    codes = model.encode(waveform).audio_codes
+    audio = model.decode(codes).audio_values
+    assert model.set_backbone_dtype(torch.bfloat16) is model
+    assert model.encoder.patch_embed.proj.weight.dtype == torch.bfloat16
+    assert all(p.dtype == torch.float32 for p in model.quantizers.parameters())
+    codes_bf16 = model.encode(waveform).audio_codes
+    audio_bf16 = model.decode(codes).audio_values
+    assert codes_bf16.dtype == torch.long and audio_bf16.dtype == torch.float32
+    assert (codes_bf16 == codes).float().mean() > 0.7
+    assert (audio_bf16 - audio).norm() / audio.norm() < 0.05
+    out = model(waveform, num_streams=3)  # the no-grad forward and the training path run in bf16 too
+    assert out.audio_values.dtype == torch.float32
+    model.train()
+    model(waveform, num_streams=3).loss.backward()
+    with pytest.raises(ValueError, match="floating point"):
+        model.set_backbone_dtype(torch.int8)
+
+
+def test_inference_paths_match_authors_in_a_batch_of_two_lengths():
+    """Batch > 1 on the ESC-Base-sized fixture: every item as alone, and the first equal to the authors' codes."""
+    fixture = get_fixture("esc_base_random")
+    model = fixture.model()
+    waveform = fixture.inputs["waveform"]
+    batch = torch.cat([waveform, 0.5 * waveform.flip(-1)])
+    codes = model.encode(batch[:, None], num_streams=6).audio_codes
+    assert torch.equal(codes[:1], fixture.outputs["codes_6"])
+    assert torch.equal(codes[1:], model.encode(batch[1:], num_streams=6).audio_codes)
+    audio = model.decode(codes).audio_values
+    torch.testing.assert_close(audio[:1, 0], fixture.outputs["decoded_6"], atol=1e-5, rtol=1e-4)
