@@ -37,7 +37,8 @@ class ExportError(ValueError):
 
 
 class EscOnnxEncoder(nn.Module):
-    """`input_features` `(batch, 2, num_frequency_bins, 4 * code_frames)` → `audio_codes` `(batch, N, G, code_frames)`."""
+    """`input_features` `(batch, 2, num_frequency_bins, 4 * code_frames)` → `audio_codes`
+    `(batch, N, G, code_frames)`."""
 
     def __init__(self, model, num_streams: int):
         super().__init__()
@@ -61,7 +62,7 @@ class EscOnnxDecoder(nn.Module):
         return self.model._decode_stft(audio_codes, weights).float()
 
 
-def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_shapes, opset: int, optimize: bool):
+def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_shapes, opset, optimize):
     with warnings.catch_warnings():
         # The exporter reports its progress and deprecations as warnings; failures raise.
         warnings.simplefilter("ignore")

@@ -204,7 +204,8 @@ def _window_plan(batch: int, height: int, width: int, window_size: int, device: 
     row, col = torch.arange(hp)[:, None], torch.arange(wp)[None, :]
     real = ((row < height) & (col < width)).expand(hp, wp)
     # Index of every padded-grid position in the grid tokens (the appended zero row for padding).
-    source = (torch.arange(batch)[:, None, None] * (height * width) + row * width + col).masked_fill(~real, batch * height * width)
+    source = torch.arange(batch)[:, None, None] * (height * width) + row * width + col
+    source = source.masked_fill(~real, batch * height * width)
     orders, inverse = {}, {}
     to_window, keep, interior, border_mask = {}, {}, {}, {}
     for s in sorted({0, shift}):
@@ -262,7 +263,8 @@ def _onednn_linear(x: torch.Tensor, linear: nn.Linear, activation: str) -> torch
     ):
         return None
     algorithm = "none" if activation == "gelu" else ""
-    return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, activation, [None] if algorithm else [], algorithm)
+    scalars = [None] if algorithm else []
+    return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, activation, scalars, algorithm)
 
 
 def _inference_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
@@ -455,7 +457,7 @@ class EscTransformerLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int]:
         """`x` `(B, H*W, C_in)` → `(B, H'*W, C_out)` and `H'`."""
-        # A backbone cast to another dtype (bf16 inference) takes the quantizers' float32 output as it comes.
+        # The residual stream is in the LayerNorms' dtype: float32, also with a bf16 backbone (set_backbone_dtype).
         x = x.to(self.swint_blocks[0].norm1.weight.dtype) if len(self.swint_blocks) else x
         # Under torch.compile the plain path is traced instead: the plan's index tensors are built with data-dependent
         # shapes, and inductor removes the copies that the plan avoids in eager mode.
@@ -614,11 +616,12 @@ class EscPatchDeEmbed(nn.Module):
         """The two convolutions and the pixel shuffle between them as one convolution on the coarse grid: output
         channel `(i, j, o)` is STFT channel `o` at sub-position `(i, j)` of a patch. A 3×3 tap `(dy, dx)` of
         `de_proj2` at sub-position `(i, j)` reads sub-position `((i + dy) mod s1, (j + dx) mod s2)` of the patch
-        `(⌊(i + dy) / s1⌋, ⌊(j + dx) / s2⌋)` away, so the 5×5 kernel of `de_proj1` lands shifted by that in a 7×7
-        kernel."""
+        `(⌊(i + dy) / s1⌋, ⌊(j + dx) / s2⌋)` away, so the 5×5 kernel of `de_proj1` lands shifted by that in a
+        7×7 kernel."""
         s1, s2 = self.patch_size
         # Composed in float32 at least, so that a bf16 backbone rounds the fused kernel once.
-        w1, b1, w2, b2 = (_at_least_float32(t) for t in (self.de_proj1.weight, self.de_proj1.bias, self.de_proj2.weight, self.de_proj2.bias))
+        conv1, conv2 = self.de_proj1, self.de_proj2
+        w1, b1, w2, b2 = (_at_least_float32(t) for t in (conv1.weight, conv1.bias, conv2.weight, conv2.bias))
         dim, k1, k2 = w2.shape[1], w1.shape[-1] // 2, w2.shape[-1] // 2
         w1 = w1.view(s1, s2, dim, *w1.shape[1:])
         b1 = b1.view(s1, s2, dim)
@@ -631,9 +634,8 @@ class EscPatchDeEmbed(nn.Module):
                     for dx in range(-k2, k2 + 1):
                         (py, ty), (px, tx) = divmod(i + dy, s1), divmod(j + dx, s2)
                         tap = w2[:, :, dy + k2, dx + k2]  # (2, C0)
-                        weight[i, j, :, :, py + k2 : py + k2 + 2 * k1 + 1, px + k2 : px + k2 + 2 * k1 + 1] += torch.einsum(
-                            "oc,cikl->oikl", tap, w1[ty, tx]
-                        )
+                        rows, cols = slice(py + k2, py + k2 + 2 * k1 + 1), slice(px + k2, px + k2 + 2 * k1 + 1)
+                        weight[i, j, :, :, rows, cols] += torch.einsum("oc,cikl->oikl", tap, w1[ty, tx])
                         bias[i, j] += tap @ b1[ty, tx]
         return weight.flatten(0, 2), bias.flatten()
 
@@ -647,7 +649,8 @@ class EscPatchDeEmbed(nn.Module):
         weight, bias = (t.to(x.dtype) for t in self._fused_weights())
         reach = weight.shape[-1] // 2
         out = F.conv2d(x, weight, bias, padding=reach)
-        out = out.view(batch, s1, s2, 2, height, width).permute(0, 3, 4, 1, 5, 2).reshape(batch, 2, height * s1, width * s2)
+        out = out.view(batch, s1, s2, 2, height, width).permute(0, 3, 4, 1, 5, 2)
+        out = out.reshape(batch, 2, height * s1, width * s2)
         # Output rows 0 .. k2-1 (and the last k2, and the same columns) read the first convolution's output
         # outside the grid; their patches are recomputed from the input rows they read, padded by hand.
         k1, k2 = self.de_proj1.padding[0], self.de_proj2.padding[0]

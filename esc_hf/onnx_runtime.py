@@ -32,9 +32,10 @@ class EscOnnxModel:
         import onnxruntime as ort
 
         directory = Path(directory)
-        missing = [name for name in (ENCODER_FILE, DECODER_FILE, META_FILE, "config.json") if not (directory / name).exists()]
+        names = (ENCODER_FILE, DECODER_FILE, META_FILE, "config.json")
+        missing = [name for name in names if not (directory / name).exists()]
         if missing:
-            raise ValueError(f"{directory} is not an ESC ONNX export (python -m esc_hf.export_onnx): missing {missing}")
+            raise ValueError(f"{directory} is not an ESC ONNX export (esc_hf.export_onnx): missing {missing}")
         self.meta = json.loads((directory / META_FILE).read_text())
         self.config = EscConfig.from_pretrained(directory)
         options = ort.SessionOptions()
@@ -55,12 +56,15 @@ class EscOnnxModel:
         limit = self.meta["encoder_num_streams"]
         num_streams = limit if num_streams is None else num_streams
         if isinstance(num_streams, bool) or not isinstance(num_streams, int) or not 1 <= num_streams <= limit:
-            raise ValueError(f"num_streams must be an integer from 1 to {limit} (the streams this encoder was exported with), got {num_streams!r}")
+            raise ValueError(
+                f"num_streams must be an integer from 1 to {limit} (the streams this encoder was exported with), "
+                f"got {num_streams!r}"
+            )
         waveform = torch.as_tensor(np.asarray(audio, dtype=np.float32))
         if waveform.dim() == 1:
             waveform = waveform[None]
         if waveform.dim() != 2 or waveform.shape[-1] == 0:
-            raise ValueError(f"audio must be (batch, length) or (length,) with length > 0, got {tuple(waveform.shape)}")
+            raise ValueError(f"audio must be (batch, length) or (length,), length > 0; got {tuple(waveform.shape)}")
         waveform = F.pad(waveform, (0, self.padded_length(waveform.shape[-1]) - waveform.shape[-1]))
         features = esc_stft(waveform, self.window, self.config.n_fft, self.config.hop_length)
         (codes,) = self.encoder.run(None, {"input_features": features.contiguous().numpy()})

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import get_fixture
-from esc_hf import EscConfig, EscModel
+from esc_hf import EscConfig
 from esc_hf.modeling_esc import EscPatchDeEmbed, EscTransformerLayer
 
 
