@@ -236,6 +236,25 @@ CHUNK_HELP = (
 )
 
 
+def _add_verb(verbs, name: str, func, help: str, description: str, input_help: str, output_help: str | None,
+              kbps: bool = False, chunks: bool = True, model_help: str = MODEL_HELP):
+    verb = verbs.add_parser(name, help=help, description=description)
+    verb.add_argument("input", help=input_help)
+    if output_help:
+        verb.add_argument("output", help=output_help)
+    if kbps:
+        verb.add_argument("--kbps", type=float, help=KBPS_HELP)
+    verb.add_argument("--model", help=model_help)
+    if chunks:
+        verb.add_argument("--chunk-seconds", type=float, help=CHUNK_HELP)
+    verb.set_defaults(func=func)
+    return verb
+
+
+AUDIO_IN_HELP = "audio file (wav, flac, ogg; any rate, mono or multichannel)"
+AUDIO_OUT_HELP = "audio file to write (.wav, .flac or .ogg)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="esc",
@@ -243,50 +262,17 @@ def build_parser() -> argparse.ArgumentParser:
         "channels: resampled and mixed to mono). Long files are processed in chunks, in bounded memory.",
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="{encode,decode,info,roundtrip}")
-
-    enc = verbs.add_parser(
-        "encode",
-        help="compress an audio file to an .esc file",
-        description="Compress an audio file to an .esc bitstream (see docs/bitstream.md).",
-    )
-    enc.add_argument("input", help="audio file (wav, flac, ogg; any rate, mono or multichannel)")
-    enc.add_argument("output", help=".esc file to write")
-    enc.add_argument("--kbps", type=float, help=KBPS_HELP)
-    enc.add_argument("--model", help=MODEL_HELP)
-    enc.add_argument("--chunk-seconds", type=float, help=CHUNK_HELP)
-    enc.set_defaults(func=encode)
-
-    dec = verbs.add_parser(
-        "decode",
-        help="decompress an .esc file to audio",
-        description="Decode an .esc file with the model that encoded it.",
-    )
-    dec.add_argument("input", help=".esc file")
-    dec.add_argument("output", help="audio file to write (.wav, .flac or .ogg)")
-    dec.add_argument("--model", help=MODEL_HELP)
-    dec.add_argument("--chunk-seconds", type=float, help=CHUNK_HELP)
-    dec.set_defaults(func=decode)
-
-    inf = verbs.add_parser(
-        "info",
-        help="check an .esc file and describe it",
-        description="Read every packet of an .esc file, check it, and print what it holds.",
-    )
-    inf.add_argument("input", help=".esc file")
-    inf.add_argument("--model", help="model to check the file against (default: the packaged model)")
-    inf.set_defaults(func=info)
-
-    rt = verbs.add_parser(
-        "roundtrip",
-        help="encode and decode a file, writing the decoded audio",
-        description="Encode and decode an audio file (what `encode` then `decode` give).",
-    )
-    rt.add_argument("input", help="audio file (wav, flac, ogg; any rate, mono or multichannel)")
-    rt.add_argument("output", help="decoded audio file to write (.wav, .flac or .ogg)")
-    rt.add_argument("--kbps", type=float, help=KBPS_HELP)
-    rt.add_argument("--model", help=MODEL_HELP)
-    rt.add_argument("--chunk-seconds", type=float, help=CHUNK_HELP)
-    rt.set_defaults(func=roundtrip)
+    _add_verb(verbs, "encode", encode, "compress an audio file to an .esc file",
+              "Compress an audio file to an .esc bitstream (see docs/bitstream.md).",
+              AUDIO_IN_HELP, ".esc file to write", kbps=True)  # fmt: skip
+    _add_verb(verbs, "decode", decode, "decompress an .esc file to audio",
+              "Decode an .esc file with the model that encoded it.", ".esc file", AUDIO_OUT_HELP)  # fmt: skip
+    _add_verb(verbs, "info", info, "check an .esc file and describe it",
+              "Read every packet of an .esc file, check it, and print what it holds.", ".esc file", None,
+              chunks=False, model_help="model to check the file against (default: the packaged model)")  # fmt: skip
+    _add_verb(verbs, "roundtrip", roundtrip, "encode and decode a file, writing the decoded audio",
+              "Encode and decode an audio file (what `encode` then `decode` give).", AUDIO_IN_HELP,
+              "decoded " + AUDIO_OUT_HELP, kbps=True)  # fmt: skip
     return parser
 
 

@@ -16,6 +16,8 @@ class TrainingArguments:
     # Model
     variant: str = field(default="esc-base", metadata={"help": f"ESC variant: {', '.join(ESC_VARIANTS)}"})
     init_from: str | None = field(default=None, metadata={"help": "start from this save_pretrained folder"})
+    init_step: int = field(default=0, metadata={"help": "with --init_from: the step its weights reached (the "
+                                                        "schedule, warm start and data continue from there)"})
     # Data
     data_dir: str | None = field(default=None, metadata={"help": "folder of audio files (recursive)"})
     val_dir: str | None = field(default=None, metadata={"help": "folder of validation audio (else a split of data)"})
@@ -38,6 +40,8 @@ class TrainingArguments:
     adam_beta2: float = field(default=0.999)
     lr_schedule: str = field(default="constant", metadata={"help": "constant, cosine or linear (transformers)"})
     lr_warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
+    switch_warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up again after the "
+                                                                  "VQ switch (fresh optimizer moments)"})
     max_grad_norm: float = field(default=0.5, metadata={"help": "gradient clipping (global L2 norm)"})
     max_steps: int = field(default=250_000, metadata={"help": "optimizer steps in all"})
     warm_start_steps: int = field(default=46_875, metadata={"help": "steps with the quantizers bypassed"})
@@ -82,6 +86,12 @@ class TrainingArguments:
         for name in ("batch_size", "max_steps", "save_every", "eval_every", "log_every", "gradient_accumulation_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.init_step and not self.init_from:
+            raise ValueError("--init_step continues the weights of --init_from; give --init_from too")
+        if not 0 <= self.init_step < self.max_steps:
+            raise ValueError(f"init_step must be in [0, max_steps), got {self.init_step}")
+        if self.lr_warmup_steps < 0 or self.switch_warmup_steps < 0:
+            raise ValueError("warm-up steps must be >= 0")
         if self.warm_start_steps < 0:
             raise ValueError("warm_start_steps must be >= 0")
         if self.push_to_hub and not self.hub_model_id:

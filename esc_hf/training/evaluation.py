@@ -42,6 +42,59 @@ def evaluate_codec(model, clips: list[np.ndarray], num_streams: list[int] | None
     return rows
 
 
+@torch.no_grad()
+def evaluate_unquantized(model, clips: list[np.ndarray]) -> dict:
+    """The warm-start model's own quality: each clip through encoder and decoder with the quantizers bypassed.
+
+    The codebooks are still untrained during the warm start, so this, not `evaluate_codec`, is its val curve.
+    """
+    if not clips:
+        raise ValueError("evaluation needs at least one clip")
+    config, was_training = model.config, model.training
+    device = next(model.parameters()).device
+    scores = {name: [] for name in METRICS}
+    model.train()  # bypassing the quantizers is a training-mode path; ESC has no dropout, so nothing is random
+    try:
+        for clip in clips:
+            audio = torch.as_tensor(np.asarray(clip, dtype=np.float32), device=device)[None, None]
+            decoded = model(audio, bypass_quantizer=True).audio_values[0, 0, : audio.shape[-1]].float().cpu().numpy()
+            scores["pesq"].append(pesq_wb(clip, decoded, config.sampling_rate))
+            scores["stoi"].append(stoi(clip, decoded, config.sampling_rate))
+            scores["mel_distance"].append(mel_distance(clip, decoded, config.sampling_rate))
+            scores["si_sdr"].append(si_sdr(clip, decoded))
+    finally:
+        model.train(was_training)
+    return {"kbps": float("nan"), "streams": 0, "clips": len(clips),
+            **{name: float(np.nanmean(values)) for name, values in scores.items()}}  # fmt: skip
+
+
+def plot_val_curve(history: list[dict], path: str | Path, warm_start_steps: int) -> None:
+    """Validation PESQ and mel distance against the step: unquantized during the warm start, then at the top rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for axis, metric, label in zip(axes, ("pesq", "mel_distance"), ("PESQ-WB ↑", "mel distance ↓")):
+        warm = [r for r in history if r["streams"] == 0]
+        quantized = [r for r in history if r["streams"] != 0]
+        if warm:
+            axis.plot([r["step"] for r in warm], [r[metric] for r in warm], marker="o", label="warm start (no VQ)")
+        if quantized:
+            axis.plot([r["step"] for r in quantized], [r[metric] for r in quantized], marker="o",
+                      label=f"{quantized[-1]['kbps']:g} kbps")  # fmt: skip
+        axis.axvline(warm_start_steps, color="grey", linestyle=":", label="VQ on")
+        axis.set_xlabel("step")
+        axis.set_title(f"validation {label}")
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png", dpi=90)
+    plt.close(fig)
+
+
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'kbps':>5} {'PESQ':>6} {'STOI':>6} {'mel dist':>9} {'SI-SDR':>7} {'util':>5}"]
     for r in rows:
@@ -53,7 +106,8 @@ def format_table(rows: list[dict]) -> str:
 def write_csv(rows: list[dict], path: str | Path, extra: dict | None = None) -> None:
     rows = [{**(extra or {}), **row} for row in rows]
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    fields = list(dict.fromkeys(key for row in rows for key in row))  # rows may differ (warm start vs VQ)
+    writer = csv.DictWriter(text, fieldnames=fields)
     writer.writeheader()
     writer.writerows(rows)
     with atomic_file(path, "w") as handle:

@@ -10,6 +10,7 @@ and a training item is a pure function of its index (see `data.py`), the quantiz
 the step, so a resumed run repeats an uninterrupted one step for step.
 """
 
+import csv
 import json
 import math
 import shutil
@@ -40,7 +41,14 @@ from .data import (
     valid_crop_length,
 )
 from .discriminator import Discriminator, discriminator_loss, feature_matching_loss, generator_adversarial_loss
-from .evaluation import evaluate_codec, format_table, plot_rate_distortion, write_csv
+from .evaluation import (
+    evaluate_codec,
+    evaluate_unquantized,
+    format_table,
+    plot_rate_distortion,
+    plot_val_curve,
+    write_csv,
+)
 from .losses import EscLoss
 
 
@@ -88,8 +96,10 @@ class EscTrainer:
         self.crop_length = valid_crop_length(args.crop_seconds, self.config.sampling_rate,
                                              self.config.samples_per_code_frame, self.config.hop_length)  # fmt: skip
         self.lr_multiplier = lr_multiplier(args.lr_schedule, args.lr_warmup_steps, args.max_steps)
-        self.step, self.switched, self.best_pesq = 0, args.warm_start_steps == 0, -math.inf
-        self.history: list[dict] = []
+        # --init_step continues a run from its saved weights alone, with a fresh optimizer (as at the VQ switch).
+        self.step, self.best_pesq = args.init_step, -math.inf
+        self.switched = args.warm_start_steps <= args.init_step
+        self.history: list[dict] = self._read_history()
 
     # -- data ---------------------------------------------------------------------------------------------------
 
@@ -149,17 +159,24 @@ class EscTrainer:
         return torch.optim.AdamW(groups, lr=lr, betas=(self.args.adam_beta1, self.args.adam_beta2),
                                  weight_decay=self.args.weight_decay)  # fmt: skip
 
+    @property
+    def _inner_optimizer(self) -> torch.optim.Optimizer:
+        return self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
+
     def _set_learning_rates(self):
         scale = self.args.learning_rate * self.lr_multiplier(self.step)
-        groups = self.optimizer.optimizer.param_groups if hasattr(self.optimizer, "optimizer") else self.optimizer.param_groups
+        since_switch = self.step - self.args.warm_start_steps
+        if 0 <= since_switch < self.args.switch_warmup_steps:
+            # Fresh AdamW moments make the first updates sign-sized; ramp up so they do not undo the warm start.
+            scale *= (since_switch + 1) / (self.args.switch_warmup_steps + 1)
+        groups = self._inner_optimizer.param_groups
         groups[0]["lr"] = scale
         # During the warm start the codebooks get zero gradients; lr 0 keeps AdamW's weight decay off them too.
         groups[1]["lr"] = scale if self.step >= self.args.warm_start_steps else 0.0
 
     def _switch_to_quantization(self):
         """Fresh optimizer moments when the codebooks come in (the paper re-creates its optimizer here)."""
-        inner = self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
-        inner.state.clear()
+        self._inner_optimizer.state.clear()
         self.switched = True
 
     # -- checkpoints --------------------------------------------------------------------------------------------
@@ -193,6 +210,15 @@ class EscTrainer:
                 shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
+    def _read_history(self) -> list[dict]:
+        path = self.args.output_path / "eval_history.csv"
+        if not path.exists():
+            return []
+        with path.open() as handle:
+            rows = [{k: float(v or "nan") for k, v in row.items()} for row in csv.DictReader(handle)]
+        return [{**row, "step": int(row["step"]), "streams": int(row["streams"])} for row in rows
+                if row["step"] <= self.step]  # fmt: skip
+
     def _resume(self):
         latest = self.latest_checkpoint()
         if latest is None:
@@ -201,6 +227,12 @@ class EscTrainer:
         self.accelerator.load_state(str(latest))
         state = json.loads((latest / "trainer_state.json").read_text())
         self.step, self.switched, self.best_pesq = state["step"], state["switched"], state["best_pesq"]
+        self.history = self._read_history()
+        log = self.args.output_path / "train_log.jsonl"
+        if self.accelerator.is_main_process and log.exists():  # drop what the interrupted run logged after this point
+            kept = [line for line in log.read_text().splitlines() if json.loads(line)["step"] <= self.step]
+            with atomic_file(log, "w") as handle:
+                handle.write("".join(line + "\n" for line in kept))
         self.accelerator.print(f"resumed from {latest.name} at step {self.step}")
 
     # -- evaluation and output ----------------------------------------------------------------------------------
@@ -209,16 +241,26 @@ class EscTrainer:
         acc = self.accelerator
         if not acc.is_main_process:
             return None
-        model = acc.unwrap_model(self.model).eval()
+        model, out = acc.unwrap_model(self.model), self.args.output_path
+        if self.step < self.args.warm_start_steps:
+            row = evaluate_unquantized(model, self.val_clips)
+            self.history.append({"step": self.step, **row})
+            write_csv(self.history, out / "eval_history.csv")
+            plot_val_curve(self.history, out / "val_curve.png", self.args.warm_start_steps)
+            acc.log({f"eval/{k}_unquantized": row[k] for k in ("pesq", "stoi", "mel_distance", "si_sdr")}, step=self.step)
+            tqdm.write(f"step {self.step} (warm start, quantizers bypassed): PESQ {row['pesq']:.3f} "
+                       f"STOI {row['stoi']:.3f} mel {row['mel_distance']:.3f} SI-SDR {row['si_sdr']:.2f}")  # fmt: skip
+            return None
+        model.eval()
         try:
             rows = evaluate_codec(model, self.val_clips)
         finally:
             model.train()
-        out = self.args.output_path
         write_csv(rows, out / "eval.csv", {"step": self.step})
         plot_rate_distortion({f"ESC step {self.step}": rows}, out / "rate_distortion.png")
         self.history.append({"step": self.step, **rows[-1]})
         write_csv(self.history, out / "eval_history.csv")
+        plot_val_curve(self.history, out / "val_curve.png", self.args.warm_start_steps)
         acc.log({f"eval/{k}_{r['kbps']:g}kbps": r[k] for r in rows for k in ("pesq", "stoi", "mel_distance", "si_sdr")},
                 step=self.step)  # fmt: skip
         tqdm.write(f"step {self.step}:\n{format_table(rows)}")
@@ -322,13 +364,17 @@ class EscTrainer:
                     logs = {f"train/{k}": float(torch.as_tensor(v).detach().float().mean()) for k, v in terms.items()}
                     logs.update({"train/loss": total, "train/num_streams": num_streams, "train/warm_start": int(warm),
                                  "train/audio_seconds_per_second": audio_seconds / elapsed,
-                                 "train/lr": self.args.learning_rate * self.lr_multiplier(self.step - 1)})  # fmt: skip
+                                 "train/lr": self._inner_optimizer.param_groups[0]["lr"]})  # fmt: skip
                     acc.log(logs, step=self.step)
+                    if acc.is_main_process:  # plain-text twin of the tracker, for plots and A/B comparisons
+                        args.output_path.mkdir(parents=True, exist_ok=True)
+                        with (args.output_path / "train_log.jsonl").open("a") as handle:
+                            handle.write(json.dumps({"step": self.step, **logs}) + "\n")
                     progress.set_postfix(loss=f"{total:.3f}", audio_s_per_s=f"{audio_seconds / elapsed:.1f}",
                                          warm=int(warm))  # fmt: skip
                 if self.step % args.save_every == 0:
                     self._save_checkpoint()
-                if self.step % args.eval_every == 0 and self.step >= args.warm_start_steps:
+                if self.step % args.eval_every == 0:
                     self._evaluate()
                     acc.wait_for_everyone()
                 if self.step >= args.max_steps:
