@@ -1,4 +1,4 @@
-"""The `esc` command line (also `python -m esc_hf`): encode, decode, info, roundtrip.
+"""The `esc` command line (also `python -m esc_hf`): encode, decode, info, roundtrip, report.
 
 Files of any length are processed in chunks (esc_hf.streaming), so memory does not grow with their length.
 Every expected failure (missing or unreadable file, unsupported bitrate, corrupt `.esc`, wrong model) is one
@@ -225,6 +225,26 @@ def roundtrip(args) -> None:
     )
 
 
+def report(args) -> None:
+    from .report import make_report
+
+    kbps = tuple(_parse_list(args.kbps, float, "--kbps")) if args.kbps else None
+    codecs = tuple(_parse_list(args.codecs, str, "--codecs")) if args.codecs is not None else None
+    options = {"kbps": kbps, "codecs": codecs}
+    index = make_report(args.input, args.output, args.model, max_clips=args.clips,
+                        command="esc " + " ".join(sys.argv[1:]) if sys.argv[1:] else None,
+                        **{k: v for k, v in options.items() if v is not None})  # fmt: skip
+    print(f"wrote {index}")
+
+
+def _parse_list(text: str, kind, option: str) -> list:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    try:
+        return [kind(item) for item in items]
+    except ValueError:
+        raise ValueError(f"{option} takes a comma-separated list, got {text!r}") from None
+
+
 KBPS_HELP = (
     "bitrate, a multiple of the model's per-stream rate (ESC-Base: 1.5, 3, 4.5, 6, 7.5 or 9; the packaged "
     "tiny model: 0.9 … 5.4); default: the highest"
@@ -261,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="ESC speech codec: 16 kHz speech at 1.5–9 kbps. Audio in: wav, flac, ogg (any rate, any "
         "channels: resampled and mixed to mono). Long files are processed in chunks, in bounded memory.",
     )
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{encode,decode,info,roundtrip}")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{encode,decode,info,roundtrip,report}")
     _add_verb(verbs, "encode", encode, "compress an audio file to an .esc file",
               "Compress an audio file to an .esc bitstream (see docs/bitstream.md).",
               AUDIO_IN_HELP, ".esc file to write", kbps=True)  # fmt: skip
@@ -273,6 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verb(verbs, "roundtrip", roundtrip, "encode and decode a file, writing the decoded audio",
               "Encode and decode an audio file (what `encode` then `decode` give).", AUDIO_IN_HELP,
               "decoded " + AUDIO_OUT_HELP, kbps=True)  # fmt: skip
+    rep = _add_verb(verbs, "report", report, "write an HTML listening report comparing ESC with other codecs",
+                    "Code every clip of a folder with ESC and classical codecs and write OUTPUT/index.html: players, "
+                    "spectrograms and metrics per clip, the rate-distortion plot and the means. Opens from the file "
+                    "system; needs no server.", "folder of audio clips", "report folder to write (replaced)",
+                    chunks=False)  # fmt: skip
+    rep.add_argument("--kbps", help="ESC bitrates, comma-separated (default: 1.5,3,6,9)")
+    rep.add_argument("--codecs", help="other codecs, comma-separated: opus, amr-wb, speex, codec2 (default: "
+                                      "opus,amr-wb; an empty string for none)")  # fmt: skip
+    rep.add_argument("--clips", type=int, help="use the first N clips (sorted by path)")
     return parser
 
 

@@ -8,6 +8,9 @@ import numpy as np
 import torch
 
 
+METRICS = ("pesq", "stoi", "mel_distance", "si_sdr")  # what every evaluation reports, in this order
+
+
 def _as_numpy(audio) -> np.ndarray:
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().float().numpy()

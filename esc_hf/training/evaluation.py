@@ -9,10 +9,8 @@ import numpy as np
 import torch
 
 from ..io_utils import atomic_file
-from ..metrics import code_utilization, mel_distance, pesq_wb, si_sdr, stoi
+from ..metrics import METRICS, code_utilization, mel_distance, pesq_wb, si_sdr, stoi
 
-
-METRICS = ("pesq", "stoi", "mel_distance", "si_sdr")
 
 
 @torch.inference_mode()
@@ -68,33 +66,6 @@ def evaluate_unquantized(model, clips: list[np.ndarray]) -> dict:
             **{name: float(np.nanmean(values)) for name, values in scores.items()}}  # fmt: skip
 
 
-def plot_val_curve(history: list[dict], path: str | Path, warm_start_steps: int) -> None:
-    """Validation PESQ and mel distance against the step: unquantized during the warm start, then at the top rate."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for axis, metric, label in zip(axes, ("pesq", "mel_distance"), ("PESQ-WB ↑", "mel distance ↓")):
-        warm = [r for r in history if r["streams"] == 0]
-        quantized = [r for r in history if r["streams"] != 0]
-        if warm:
-            axis.plot([r["step"] for r in warm], [r[metric] for r in warm], marker="o", label="warm start (no VQ)")
-        if quantized:
-            axis.plot([r["step"] for r in quantized], [r[metric] for r in quantized], marker="o",
-                      label=f"{quantized[-1]['kbps']:g} kbps")  # fmt: skip
-        axis.axvline(warm_start_steps, color="grey", linestyle=":", label="VQ on")
-        axis.set_xlabel("step")
-        axis.set_title(f"validation {label}")
-        axis.grid(alpha=0.3)
-    axes[0].legend()
-    fig.tight_layout()
-    with atomic_file(path) as handle:
-        fig.savefig(handle, format="png", dpi=90)
-    plt.close(fig)
-
-
 def format_table(rows: list[dict]) -> str:
     lines = [f"{'kbps':>5} {'PESQ':>6} {'STOI':>6} {'mel dist':>9} {'SI-SDR':>7} {'util':>5}"]
     for r in rows:
@@ -112,27 +83,3 @@ def write_csv(rows: list[dict], path: str | Path, extra: dict | None = None) -> 
     writer.writerows(rows)
     with atomic_file(path, "w") as handle:
         handle.write(text.getvalue())
-
-
-def plot_rate_distortion(curves: dict[str, list[dict]], path: str | Path, title: str = "") -> None:
-    """One panel per metric, one line per name in `curves` (each a list of rows with `kbps`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = {"pesq": "PESQ-WB ↑", "stoi": "STOI ↑", "mel_distance": "mel distance ↓", "si_sdr": "SI-SDR (dB) ↑"}
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for axis, metric in zip(axes, METRICS):
-        for name, rows in curves.items():
-            axis.plot([r["kbps"] for r in rows], [r[metric] for r in rows], marker="o", label=name)
-        axis.set_xlabel("kbps")
-        axis.set_title(labels[metric])
-        axis.grid(alpha=0.3)
-    axes[0].legend()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    with atomic_file(path) as handle:
-        fig.savefig(handle, format="png", dpi=90)
-    plt.close(fig)

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from ..feature_extraction_esc import EscFeatureExtractor
 from ..io_utils import atomic_directory, atomic_file
 from ..model_card import write_model_card
+from ..plotting import plot_rate_distortion, plot_val_curve
 from ..modeling_esc import EscModel
 from .arguments import TrainingArguments
 from .data import (
@@ -45,8 +46,6 @@ from .evaluation import (
     evaluate_codec,
     evaluate_unquantized,
     format_table,
-    plot_rate_distortion,
-    plot_val_curve,
     write_csv,
 )
 from .losses import EscLoss

@@ -1,0 +1,62 @@
+"""The figures the project draws: rate–distortion curves and training validation curves (matplotlib, PNG, written
+atomically)."""
+
+from pathlib import Path
+
+from .io_utils import atomic_file
+from .metrics import METRICS
+
+LABELS = {"pesq": "PESQ-WB ↑", "stoi": "STOI ↑", "mel_distance": "mel distance ↓", "si_sdr": "SI-SDR (dB) ↑"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | Path) -> None:
+    with atomic_file(path) as handle:
+        fig.savefig(handle, format="png", dpi=90)
+    _pyplot().close(fig)
+
+
+def plot_rate_distortion(curves: dict[str, list[dict]], path: str | Path, title: str = "") -> None:
+    """One panel per metric, one line per name in `curves` (each a list of rows with `kbps`)."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    for axis, metric in zip(axes, METRICS):
+        for name, rows in curves.items():
+            axis.plot([r["kbps"] for r in rows], [r[metric] for r in rows], marker="o", label=name)
+        axis.set_xlabel("kbps")
+        axis.set_title(LABELS[metric])
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_val_curve(history: list[dict], path: str | Path, warm_start_steps: int) -> None:
+    """Validation PESQ and mel distance against the step: unquantized during the warm start, then at the top rate."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for axis, metric, label in zip(axes, ("pesq", "mel_distance"), ("PESQ-WB ↑", "mel distance ↓")):
+        warm = [r for r in history if r["streams"] == 0]
+        quantized = [r for r in history if r["streams"] != 0]
+        if warm:
+            axis.plot([r["step"] for r in warm], [r[metric] for r in warm], marker="o", label="warm start (no VQ)")
+        if quantized:
+            axis.plot([r["step"] for r in quantized], [r[metric] for r in quantized], marker="o",
+                      label=f"{quantized[-1]['kbps']:g} kbps")  # fmt: skip
+        axis.axvline(warm_start_steps, color="grey", linestyle=":", label="VQ on")
+        axis.set_xlabel("step")
+        axis.set_title(f"validation {label}")
+        axis.grid(alpha=0.3)
+    axes[0].legend()
+    fig.tight_layout()
+    _save(fig, path)
