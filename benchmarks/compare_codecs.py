@@ -15,6 +15,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -43,7 +45,7 @@ def load_clips(folder: Path, limit: int | None, max_seconds: float | None) -> li
 def describe_model(model, name: str | None) -> str:
     from esc_hf.bitstream import codebook_fingerprint, config_fingerprint
 
-    what = name or "the packaged default model (tiny, randomly initialised: not a trained codec)"
+    what = name or "the packaged default model (checkpoints/esc-base)"
     params = sum(p.numel() for p in model.parameters())
     return (
         f"ESC checkpoint: {what}; {params:,} parameters, codebooks of {model.config.codebook_size}, "

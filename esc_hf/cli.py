@@ -246,8 +246,8 @@ def _parse_list(text: str, kind, option: str) -> list:
 
 
 KBPS_HELP = (
-    "bitrate, a multiple of the model's per-stream rate (ESC-Base: 1.5, 3, 4.5, 6, 7.5 or 9; the packaged "
-    "tiny model: 0.9 … 5.4); default: the highest"
+    "bitrate, a multiple of the model's per-stream rate (ESC-Base, the packaged model: 1.5, 3, 4.5, 6, 7.5 or 9); "
+    "default: the highest"
 )
 MODEL_HELP = "model folder or Hub id (default: the packaged model)"
 CHUNK_HELP = (

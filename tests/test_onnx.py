@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import get_fixture
 from esc_hf.export_onnx import ExportError, export_onnx, main

@@ -2,9 +2,7 @@ import re
 import shutil
 import subprocess
 from html.parser import HTMLParser
-from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile as sf
 from conftest import SPEECH

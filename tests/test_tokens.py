@@ -49,7 +49,8 @@ def test_real_speech_tokens_decode_to_the_same_audio(model):
 
 def test_malformed_token_sequences_name_the_problem(model):
     config = model.config
-    tokens = codes_to_tokens(torch.randint(0, 64, (2, 2, 3, 4)), config, offset=10)
+    size = config.codebook_size
+    tokens = codes_to_tokens(torch.randint(0, size, (2, 2, 3, 4)), config, offset=10)
     swapped = tokens.clone()
     swapped[1, 7] = tokens[1, 8]
     with pytest.raises(
@@ -61,11 +62,11 @@ def test_malformed_token_sequences_name_the_problem(model):
     with pytest.raises(ValueError, match="not whole frames of 6"):
         tokens_to_codes(tokens[:, :-1], config, num_streams=2, offset=10)
     with pytest.raises(ValueError, match="is not an ESC token"):
-        tokens_to_codes(tokens + 2000, config, offset=10)  # ids past the audio block (text, say)
+        tokens_to_codes(tokens + vocab_size(config), config, offset=10)  # ids past the audio block (text, say)
     with pytest.raises(ValueError, match="integer"):
         tokens_to_codes(tokens.float(), config)
-    with pytest.raises(ValueError, match=r"\[0, 64\)"):
-        codes_to_tokens(torch.full((1, 1, 3, 2), 64), config)
+    with pytest.raises(ValueError, match=rf"\[0, {size}\)"):
+        codes_to_tokens(torch.full((1, 1, 3, 2), size), config)
     with pytest.raises(ValueError, match="shape"):
         codes_to_tokens(torch.zeros(1, 7, 3, 2, dtype=torch.long), config)
 

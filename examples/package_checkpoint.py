@@ -1,0 +1,103 @@
+"""Turn a training run into the shipped checkpoint folder: weights, configs, evaluation beside Opus and AMR-WB on
+the validation clips, curves and a model card that says how it was made.
+
+    python examples/package_checkpoint.py --run runs/esc-base-cpu --val ../shared/data/speech/val \
+        --output checkpoints/esc-base --command "python examples/train.py ..." --hardware "2-core Xeon, bf16" \
+        --wall-time "2 h 10 min"
+
+The folder is written beside `--output` and renamed into place when complete.
+"""
+
+import argparse
+import csv
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import compare_codecs  # noqa: E402
+
+from esc_hf import EscFeatureExtractor, EscModel  # noqa: E402
+from esc_hf.io_utils import atomic_directory  # noqa: E402
+from esc_hf.model_card import write_model_card  # noqa: E402
+
+DATA = """## Training data
+
+`shared/data/speech/train` of this project: 616 Ogg Opus files (32 kbit/s, 16 kHz mono), **2.19 h** of human
+speech in 22 languages and 27 voice groups, from two Debian bookworm packages: `tuxpaint-stamps-default`
+2022.06.04-1 (spoken stamp descriptions, GPL-2.0-or-later, Tux Paint volunteers) and `klettres-data`
+4:22.12.3-1 (letters and syllables by native speakers, GPL-2.0-or-later, KDE KLettres). Validation: 78 FLAC files,
+0.141 h, 5 voice groups not in training, 3 languages. These are short words, letters and phrases, not
+conversational speech: expect the codec to do best on material like it. The weights are a work trained on
+GPL-2.0-or-later data; this card does not give legal advice on what that implies.
+"""
+
+
+def _rows(path: Path) -> list[dict]:
+    with path.open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def _table(summary: list[dict]) -> str:
+    lines = ["| codec | kbps | real kbps | PESQ-WB | STOI | mel distance | SI-SDR (dB) |", "|---|---|---|---|---|---|---|"]
+    for r in summary:
+        lines.append(f"| {r['codec']} | {float(r['kbps']):g} | {float(r['file_kbps']):.2f} | {float(r['pesq']):.3f} | "
+                     f"{float(r['stoi']):.3f} | {float(r['mel_distance']):.3f} | {float(r['si_sdr']):.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--run", type=Path, required=True, help="training output folder (with final/)")
+    parser.add_argument("--val", type=Path, required=True, help="validation clips")
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--config", default="examples/configs/esc-base-cpu.yaml", help="the recipe")
+    parser.add_argument("--command", required=True, help="the exact training command(s)")
+    parser.add_argument("--hardware", required=True)
+    parser.add_argument("--wall-time", required=True)
+    parser.add_argument("--note", default="", help="what the numbers mean, how far from the target")
+    parser.add_argument("--limit", type=int, help="evaluate on the first N clips only (a quick look)")
+    args = parser.parse_args()
+
+    weights = args.run / "final"
+    model = EscModel.from_pretrained(weights).eval()
+    state = json.loads((args.run / "checkpoints" / sorted(p.name for p in (args.run / "checkpoints").glob("step-*"))[-1]
+                        / "trainer_state.json").read_text())  # fmt: skip
+    with atomic_directory(args.output) as tmp:
+        summary, skipped = compare_codecs.run(args.val, tmp, str(weights), ["esc", "opus", "amr-wb"], args.limit)
+        (tmp / "compare.csv").rename(tmp / "eval_per_clip.csv")
+        (tmp / "summary.csv").rename(tmp / "eval.csv")
+        for name in ("val_curve.png", "eval_history.csv", "train_log.jsonl"):
+            if (args.run / name).exists():
+                shutil.copy(args.run / name, tmp / name)
+        esc = [r for r in summary if r["codec"] == "esc"]
+        training = (
+            f"{DATA}\n## Training\n\nTrained from scratch with `esc_hf`'s own trainer for **{state['step']:,} steps** "
+            f"of 8 × 1 s crops ({state['step'] * 8 / 3600:.1f} h of audio seen) on {args.hardware}, "
+            f"{args.wall_time} of wall time. Recipe: `{args.config}` (bf16 autocast, AdamW 1e-3 with 200 warm-up "
+            "steps and a cosine schedule, warm start with the quantizers bypassed, then VQ with quantizer dropout "
+            "0.75, fresh optimizer moments and a 100-step ramp; power-law STFT + multi-scale mel + VQ losses; no GAN). "
+            f"The exact command:\n\n```bash\n{args.command}\n```\n\n"
+            "Continue it anywhere (a GPU is ~100× faster) with `--init_from` this folder and `--init_step "
+            f"{state['step']}` (fresh optimizer moments, as at the VQ switch), or start over with the config.\n\n"
+            f"## Evaluation\n\n{len(compare_codecs.load_clips(args.val, args.limit, None))} validation clips "
+            f"(`benchmarks/compare_codecs.py`, same clips for every codec; ESC through its real `.esc` bitstream):\n\n"
+            f"{_table(summary)}\n\n{args.note}\n\n"
+            "`eval.csv` (means), `eval_per_clip.csv`, `rate_distortion.png` (all codecs) and `val_curve.png` (validation "
+            "during training; `eval_history.csv`, `train_log.jsonl`) are in this folder.\n"
+        )
+        if skipped:
+            training += f"\nNot measured here: {skipped}.\n"
+        model.save_pretrained(tmp)
+        EscFeatureExtractor(sampling_rate=model.config.sampling_rate).save_pretrained(tmp)
+        write_model_card(tmp, model, title="ESC-Base (esc_hf, CPU-trained)", training=training,
+                         source=f"trained by the esc_hf project on a CPU, step {state['step']}",
+                         metrics=[{**r, "kbps": float(r["kbps"])} for r in esc])  # fmt: skip
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
