@@ -510,6 +510,12 @@ def main(argv=None):
         args.precisions = ["fp32", "tf32", "bf16"] if args.device == "cuda" else ["fp32", "bf16"]
     if args.device == "cpu" and "tf32" in args.precisions:
         parser.error("tf32 is a CUDA setting")
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this torch build or machine has no CUDA device")
+    if min(args.batch_sizes) < 1 or args.seconds <= 0 or args.repeats < 1:
+        parser.error("--batch-sizes, --seconds and --repeats must be positive")
     with tempfile.TemporaryDirectory() as tmp:
         args.onnx_dir = args.onnx_dir or str(Path(tmp) / "onnx")
         rows, roofline, failures = run(args)

@@ -5,7 +5,7 @@ groups, then stream 1's, and so on. Each (stream, group) slot has its own block 
 
     token = offset + (stream * group_size + group) * codebook_size + code
 
-so one vocabulary of `num_streams * group_size * codebook_size` ids (18,432 for ESC-Base; 1,152 for the packaged
+so one vocabulary of `num_streams * group_size * codebook_size` ids (18,432 for ESC-Base, the packaged model; 1,152 for the
 tiny model) covers every bitrate, and a token means the same at 1.5 kbps as at 9 kbps. `offset` shifts the block
 past an existing vocabulary (a text LM's, say). A sequence at n streams has `n * group_size` tokens per code frame
 (3 per 20 ms per stream: 150 tokens/s per 1.5 kbps).
