@@ -54,13 +54,15 @@ def describe_model(model, name: str | None) -> str:
 
 
 def run(
-    data: Path, out_dir: Path, model_name: str | None = None, codec_names=None, limit=None, max_seconds=None, log=print
+    data: Path, out_dir: Path, model_name: str | None = None, codec_names=None, limit=None, max_seconds=None, log=print,
+    label: str | None = None,
 ) -> tuple[list[dict], dict[str, str]]:
-    """Runs the comparison; returns the summary and the codecs skipped, with why."""
+    """Runs the comparison; returns the summary and the codecs skipped, with why. `label` names the checkpoint in
+    the outputs (default: `model_name`)."""
     from esc_hf.cli import load_model
 
     model = load_model(model_name)
-    checkpoint = describe_model(model, model_name)
+    checkpoint = describe_model(model, label or model_name)
     log(checkpoint)
     available, skipped = [], {}
     for name, codec in all_codecs(model).items():

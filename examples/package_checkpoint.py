@@ -22,6 +22,8 @@ import compare_codecs  # noqa: E402
 
 from esc_hf import EscFeatureExtractor, EscModel  # noqa: E402
 from esc_hf.io_utils import atomic_directory  # noqa: E402
+from esc_hf.training.arguments import parse_arguments  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
 from esc_hf.model_card import write_model_card  # noqa: E402
 
 DATA = """## Training data
@@ -51,7 +53,7 @@ def _table(summary: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="training output folder (with final/)")
+    parser.add_argument("--run", type=Path, required=True, help="training output folder (its latest checkpoint is shipped)")
     parser.add_argument("--val", type=Path, required=True, help="validation clips")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--config", default="examples/configs/esc-base-cpu.yaml", help="the recipe")
@@ -62,12 +64,17 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="evaluate on the first N clips only (a quick look)")
     args = parser.parse_args()
 
-    weights = args.run / "final"
-    model = EscModel.from_pretrained(weights).eval()
-    state = json.loads((args.run / "checkpoints" / sorted(p.name for p in (args.run / "checkpoints").glob("step-*"))[-1]
-                        / "trainer_state.json").read_text())  # fmt: skip
+    # The latest complete checkpoint of the run (a stopped run has no final/ folder).
+    latest = max((args.run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    state = json.loads((latest / "trainer_state.json").read_text())
+    model = EscModel(parse_arguments(["--config", args.config, "--data_dir", "-"]).model_config())
+    model.load_state_dict(load_file(str(latest / "model.safetensors")))
+    model.eval()
     with atomic_directory(args.output) as tmp:
-        summary, skipped = compare_codecs.run(args.val, tmp, str(weights), ["esc", "opus", "amr-wb"], args.limit)
+        model.save_pretrained(tmp)
+        EscFeatureExtractor(sampling_rate=model.config.sampling_rate).save_pretrained(tmp)
+        summary, skipped = compare_codecs.run(args.val, tmp, str(tmp), ["esc", "opus", "amr-wb"], args.limit,
+                                              label=f"checkpoints/esc-base at step {state['step']}")
         (tmp / "compare.csv").rename(tmp / "eval_per_clip.csv")
         (tmp / "summary.csv").rename(tmp / "eval.csv")
         for name in ("val_curve.png", "eval_history.csv", "train_log.jsonl"):
@@ -91,8 +98,6 @@ def main() -> None:
         )
         if skipped:
             training += f"\nNot measured here: {skipped}.\n"
-        model.save_pretrained(tmp)
-        EscFeatureExtractor(sampling_rate=model.config.sampling_rate).save_pretrained(tmp)
         write_model_card(tmp, model, title="ESC-Base (esc_hf, CPU-trained)", training=training,
                          source=f"trained by the esc_hf project on a CPU, step {state['step']}",
                          metrics=[{**r, "kbps": float(r["kbps"])} for r in esc])  # fmt: skip
