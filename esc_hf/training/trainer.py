@@ -3,7 +3,9 @@
 Schedule: a warm start of `warm_start_steps` steps with the quantizers bypassed (projections trained, codebooks
 left exactly as they are: their learning rate is 0), then quantization on with quantizer dropout and the optimizer
 state reset. The reset happens at the switch itself; the authors' code renews the optimizer one step later, and
-there AdamW's weight decay also shrinks the idle codebooks during the warm start.
+there AdamW's weight decay also shrinks the idle codebooks during the warm start. `switch_warmup_steps` can ramp
+the learning rate up again after the switch. During the warm start the validation curve is the model's quality with
+the quantizers bypassed (its codebooks are still untrained), after it the codec's at every bitrate.
 
 Runs survive: `accelerator.save_state` checkpoints are written to a temporary folder and renamed when complete,
 and a training item is a pure function of its index (see `data.py`), the quantizer-dropout draw a pure function of
@@ -42,12 +44,7 @@ from .data import (
     valid_crop_length,
 )
 from .discriminator import Discriminator, discriminator_loss, feature_matching_loss, generator_adversarial_loss
-from .evaluation import (
-    evaluate_codec,
-    evaluate_unquantized,
-    format_table,
-    write_csv,
-)
+from .evaluation import evaluate_codec, evaluate_unquantized, format_table, write_csv
 from .losses import EscLoss
 
 
