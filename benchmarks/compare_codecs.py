@@ -24,15 +24,16 @@ from esc_hf.codecs import RATE, CodecUnavailable, all_codecs, compare, curves_by
 from esc_hf.plotting import plot_rate_distortion  # noqa: E402
 from esc_hf.training.evaluation import write_csv  # noqa: E402
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".opus"}
-
 
 def load_clips(folder: Path, limit: int | None, max_seconds: float | None) -> list[tuple[str, np.ndarray]]:
     from esc_hf.audio_io import load_audio
 
-    paths = sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
-    if not paths:
-        raise SystemExit(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) under {folder}")
+    from esc_hf.training.data import list_audio_files
+
+    try:
+        paths = list_audio_files(folder)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     clips = []
     for path in paths[:limit]:
         audio, _ = load_audio(path, RATE)

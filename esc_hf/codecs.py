@@ -33,7 +33,6 @@ from .metrics import METRICS, mel_distance, pesq_wb, si_sdr, stoi
 
 RATE = 16000
 MAX_LAG = int(0.06 * RATE)
-FIELDS = ("file", "codec", "kbps", "file_kbps", "lag_samples", *METRICS)
 
 
 class CodecUnavailable(Exception):

@@ -24,7 +24,6 @@ from .codecs import RATE, CodecUnavailable, all_codecs, code_and_score, curves_b
 from .io_utils import atomic_directory
 from .plotting import plot_rate_distortion
 
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".opus")
 DEFAULT_KBPS = (1.5, 3.0, 6.0, 9.0)
 DEFAULT_CODECS = ("opus", "amr-wb")
 MAX_SECONDS = 10.0
@@ -36,10 +35,12 @@ class ReportError(ValueError):
 
 
 def list_clips(in_dir: str | Path) -> list[Path]:
-    folder = Path(in_dir)
-    if not folder.is_dir():
-        raise ReportError(f"no such folder: {folder}")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    from .training.data import list_audio_files
+
+    try:
+        return list_audio_files(in_dir)
+    except ValueError as error:  # no folder, or no audio in it
+        raise ReportError(str(error)) from None
 
 
 def _spectrogram_db(audio: np.ndarray, n_fft: int = 512, hop: int = 128) -> np.ndarray:
@@ -166,8 +167,6 @@ def make_report(in_dir: str | Path, out_dir: str | Path, model_name: str | None 
     if not 0 < max_seconds <= 600:
         raise ReportError(f"clips are cut to 0-600 s, got {max_seconds:g}")
     paths = list_clips(in_dir)
-    if not paths:
-        raise ReportError(f"no audio files ({', '.join(AUDIO_SUFFIXES)}) in {in_dir}")
     model = load_model(model_name)
     for rate in kbps:
         model.config.num_streams_for_bandwidth(rate)  # ValueError naming the rates the model has
