@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from conftest import get_fixture
-from esc_hf import EscConfig
+from esc_hf import EscConfig, modeling_esc
 from esc_hf.modeling_esc import EscPatchDeEmbed, EscTransformerLayer
 
 
@@ -83,6 +83,20 @@ def test_bf16_backbone_is_opt_in_and_close(name):
     model(waveform, num_streams=3).loss.backward()
     with pytest.raises(ValueError, match="floating point"):
         model.set_backbone_dtype(torch.int8)
+
+
+def test_bf16_attention_in_float32_slices_equals_one_slice(monkeypatch):
+    layer = _layer(scale=None).to(torch.bfloat16)
+    for module in layer.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.float()
+    x = torch.randn(2, 8 * 12, 12, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole, _ = layer(x, 8, 12)
+        monkeypatch.setattr(modeling_esc, "_FLOAT32_SLICE_BYTES", 1)  # one window per slice, seam windows too
+        sliced, _ = layer(x, 8, 12)
+    assert whole.dtype == torch.float32
+    assert torch.equal(sliced, whole)
 
 
 def test_inference_paths_match_authors_in_a_batch_of_two_lengths():
