@@ -1,0 +1,94 @@
+"""What the opt-in bf16 backbone costs in quality: codes and scores of a trained ESC model in bf16 vs float32.
+
+    python benchmarks/bench_bf16_quality.py --clips ../shared/data/speech/val [--model DIR] [--kbps 1.5 9]
+        [--limit N] [--csv FILE]
+
+`EscModel.set_backbone_dtype(torch.bfloat16)` is the fast path `bench_codec.py` times; speed is measured there on
+random weights, but only a trained model says what the approximation does to the sound. Each clip is encoded and
+decoded by the float32 model (the exact path) and by a bf16 copy of it (its own codes, decoded in bf16), and both
+are scored against the clip. Printed and written: per rate, the share of codes equal to float32's and the mean
+PESQ-WB, STOI, mel distance and SI-SDR of each path. Default model: the packaged one (checkpoints/esc-base).
+"""
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from compare_codecs import load_clips  # noqa: E402
+
+from esc_hf.codecs import score  # noqa: E402
+from esc_hf.metrics import METRICS  # noqa: E402
+from esc_hf.training.evaluation import write_csv  # noqa: E402
+
+
+def measure(model, clips, rates) -> list[dict]:
+    """One row per rate: `codes_equal` (share of code entries equal to float32's) and each metric's mean for the
+    float32 (`<metric>_fp32`) and the bf16 path (`<metric>_bf16`)."""
+    import torch
+
+    fast = copy.deepcopy(model).set_backbone_dtype(torch.bfloat16)
+    rows = []
+    for kbps in rates:
+        num_streams = model.config.num_streams_for_bandwidth(kbps)
+        equal = total = 0
+        scores = {"fp32": [], "bf16": []}
+        for _, audio in clips:
+            waveform = torch.from_numpy(audio)[None, None]
+            with torch.inference_mode():
+                for name, m in (("fp32", model), ("bf16", fast)):
+                    codes = m.encode(waveform, num_streams=num_streams).audio_codes
+                    decoded = m.decode(codes).audio_values[0, 0, : audio.size].float().numpy()
+                    scores[name].append(score(audio, decoded))
+                    if name == "fp32":
+                        reference = codes
+                equal += int((codes == reference).sum())
+                total += codes.numel()
+        row = {"kbps": kbps, "clips": len(clips), "codes_equal": equal / total}
+        for metric in METRICS:
+            for name in ("fp32", "bf16"):
+                row[f"{metric}_{name}"] = float(np.nanmean([s[metric] for s in scores[name]]))
+        rows.append(row)
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clips", type=Path, required=True, help="folder of speech clips (any rate; resampled)")
+    parser.add_argument("--model", help="trained ESC folder (default: the packaged checkpoints/esc-base)")
+    parser.add_argument("--kbps", type=float, nargs="+", default=[1.5, 9.0])
+    parser.add_argument("--limit", type=int, help="first N clips only")
+    parser.add_argument("--max-seconds", type=float, default=10.0, help="cut each clip to this (default 10 s)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--csv", help="also write the table here")
+    args = parser.parse_args(argv)
+    import torch
+
+    from esc_hf import EscModel
+    from esc_hf.cli import DEFAULT_MODEL
+
+    torch.set_num_threads(args.threads)
+    model = EscModel.from_pretrained(args.model or DEFAULT_MODEL).eval()
+    for kbps in args.kbps:
+        if kbps not in model.config.target_bandwidths:
+            parser.error(f"--kbps {kbps:g}: this model codes at {', '.join(f'{b:g}' for b in model.config.target_bandwidths)}")
+    clips = load_clips(args.clips, args.limit, args.max_seconds)
+    rows = measure(model, clips, args.kbps)
+    print(f"bf16 backbone vs float32, {args.model or 'checkpoints/esc-base'}, {len(clips)} clips:")
+    print("| kbps | codes = fp32 | " + " | ".join(f"{m} fp32 → bf16" for m in METRICS) + " |")
+    for r in rows:
+        cells = " | ".join(f"{r[f'{m}_fp32']:.3f} → {r[f'{m}_bf16']:.3f}" for m in METRICS)
+        print(f"| {r['kbps']:g} | {r['codes_equal']:.3f} | {cells} |")
+    if args.csv:
+        write_csv(rows, args.csv)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The bf16 quality benchmark on the packaged trained model and the two real test clips."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from esc_hf import EscModel
+from esc_hf.audio_io import load_audio
+from esc_hf.cli import DEFAULT_MODEL
+from esc_hf.metrics import pesq_wb
+
+BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_bf16_quality.py"
+CLIPS = Path(__file__).parent / "data"
+
+
+def test_scores_both_paths_and_the_float32_one_matches_the_model(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCH), "--clips", str(CLIPS), "--kbps", "9", "--max-seconds", "2",
+                             "--threads", "1", "--csv", str(tmp_path / "q.csv")], capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    with (tmp_path / "q.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert float(row["kbps"]) == 9 and row["clips"] == "2"
+    assert 0.5 < float(row["codes_equal"]) <= 1
+    # The float32 column is the exact path's PESQ, recomputed here from the model itself.
+    model = EscModel.from_pretrained(DEFAULT_MODEL).eval()
+    pesq = []
+    for path in sorted(CLIPS.glob("*.flac")):
+        audio = load_audio(path, 16000)[0][:32000]
+        with torch.inference_mode():
+            codes = model.encode(torch.from_numpy(audio)[None, None], num_streams=6).audio_codes
+            pesq.append(pesq_wb(audio, model.decode(codes).audio_values[0, 0, : audio.size].numpy()))
+    assert abs(float(row["pesq_fp32"]) - np.mean(pesq)) < 1e-6
+    assert abs(float(row["pesq_bf16"]) - float(row["pesq_fp32"])) < 0.5
+    assert "codes = fp32" in result.stdout
+
+
+def test_a_rate_the_model_lacks_is_refused():
+    result = subprocess.run([sys.executable, str(BENCH), "--clips", str(CLIPS), "--kbps", "7"], capture_output=True,
+                            text=True)  # fmt: skip
+    assert result.returncode == 2 and "--kbps 7" in result.stderr
