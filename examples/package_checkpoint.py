@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import bench_bf16_quality  # noqa: E402
 import compare_codecs  # noqa: E402
 
 from esc_hf import EscFeatureExtractor, EscModel  # noqa: E402
@@ -25,6 +26,7 @@ from esc_hf.io_utils import atomic_directory  # noqa: E402
 from esc_hf.training.arguments import parse_arguments  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from esc_hf.model_card import write_model_card  # noqa: E402
+from esc_hf.training.evaluation import write_csv  # noqa: E402
 
 DATA = """## Training data
 
@@ -48,6 +50,14 @@ def _table(summary: list[dict]) -> str:
     for r in summary:
         lines.append(f"| {r['codec']} | {float(r['kbps']):g} | {float(r['file_kbps']):.2f} | {float(r['pesq']):.3f} | "
                      f"{float(r['stoi']):.3f} | {float(r['mel_distance']):.3f} | {float(r['si_sdr']):.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def _bf16_table(rows: list[dict]) -> str:
+    lines = ["| kbps | codes = float32 | PESQ-WB fp32 → bf16 | STOI fp32 → bf16 | SI-SDR fp32 → bf16 |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['kbps']:g} | {r['codes_equal']:.3f} | {r['pesq_fp32']:.3f} → {r['pesq_bf16']:.3f} | "
+                     f"{r['stoi_fp32']:.3f} → {r['stoi_bf16']:.3f} | {r['si_sdr_fp32']:.2f} → {r['si_sdr_bf16']:.2f} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -81,6 +91,9 @@ def main() -> None:
             if (args.run / name).exists():
                 shutil.copy(args.run / name, tmp / name)
         esc = [r for r in summary if r["codec"] == "esc"]
+        clips = compare_codecs.load_clips(args.val, args.limit, None)
+        bf16 = bench_bf16_quality.measure(model, clips, [1.5, 9.0])
+        write_csv(bf16, tmp / "bf16_quality.csv")
         training = (
             f"{DATA}\n## Training\n\nTrained from scratch with `esc_hf`'s own trainer for **{state['step']:,} steps** "
             f"of 8 × 1 s crops ({state['step'] * 8 / 3600:.1f} h of audio seen) on {args.hardware}, "
@@ -90,9 +103,12 @@ def main() -> None:
             f"The exact command:\n\n```bash\n{args.command}\n```\n\n"
             "Continue it anywhere (a GPU is ~100× faster) with `--init_from` this folder and `--init_step "
             f"{state['step']}` (fresh optimizer moments, as at the VQ switch), or start over with the config.\n\n"
-            f"## Evaluation\n\n{len(compare_codecs.load_clips(args.val, args.limit, None))} validation clips "
+            f"## Evaluation\n\n{len(clips)} validation clips "
             f"(`benchmarks/compare_codecs.py`, same clips for every codec; ESC through its real `.esc` bitstream):\n\n"
             f"{_table(summary)}\n\n{args.note}\n\n"
+            "### Opt-in bf16 backbone\n\n`model.set_backbone_dtype(torch.bfloat16)` (the faster CPU/GPU path of "
+            "`benchmarks/bench_codec.py`) on the same clips, each path decoding its own codes "
+            f"(`benchmarks/bench_bf16_quality.py`; `bf16_quality.csv`):\n\n{_bf16_table(bf16)}\n\n"
             "`eval.csv` (means), `eval_per_clip.csv`, `rate_distortion.png` (all codecs) and `val_curve.png` (validation "
             "during training; `eval_history.csv`, `train_log.jsonl`) are in this folder.\n"
         )
