@@ -41,15 +41,14 @@ def measure(model, clips, rates) -> list[dict]:
         scores = {"fp32": [], "bf16": []}
         for _, audio in clips:
             waveform = torch.from_numpy(audio)[None, None]
+            codes = {}
             with torch.inference_mode():
                 for name, m in (("fp32", model), ("bf16", fast)):
-                    codes = m.encode(waveform, num_streams=num_streams).audio_codes
-                    decoded = m.decode(codes).audio_values[0, 0, : audio.size].float().numpy()
+                    codes[name] = m.encode(waveform, num_streams=num_streams).audio_codes
+                    decoded = m.decode(codes[name]).audio_values[0, 0, : audio.size].float().numpy()
                     scores[name].append(score(audio, decoded))
-                    if name == "fp32":
-                        reference = codes
-                equal += int((codes == reference).sum())
-                total += codes.numel()
+            equal += int((codes["bf16"] == codes["fp32"]).sum())
+            total += codes["fp32"].numel()
         row = {"kbps": kbps, "clips": len(clips), "codes_equal": equal / total}
         for metric in METRICS:
             for name in ("fp32", "bf16"):
