@@ -213,12 +213,14 @@ def make_report(in_dir: str | Path, out_dir: str | Path, model_name: str | None 
                                        f"img/{stem}-original.png", audio.size / RATE, None))  # fmt: skip
             for codec, rate in versions:
                 decoded, row = code_and_score(codec, audio, rate, Path(scratch))
-                # Scored against the 16-bit original that the page plays, as a listener hears it.
-                row.update(score(reference, decoded), file=name)
-                rows.append(row)
                 label = f"{'ESC' if codec is esc else codec.name} {rate:g} kbps"
                 base = f"{stem}-{codec.name}-{rate:g}"
                 sf.write(folder / "audio" / f"{base}.flac", np.clip(decoded, -1, 1), RATE, subtype="PCM_16")
+                # Scored as a listener hears it: the 16-bit files the page plays (at low quality, 16-bit rounding
+                # alone moves PESQ by a few hundredths).
+                decoded = sf.read(folder / "audio" / f"{base}.flac", dtype="float32")[0]
+                row.update(score(reference, decoded), file=name)
+                rows.append(row)
                 _save_spectrogram(decoded, folder / "img" / f"{base}.png", top_db)
                 cards.append(_version_card(label, codec.name, f"audio/{base}.flac", f"img/{base}.png",
                                            audio.size / RATE, row))  # fmt: skip
