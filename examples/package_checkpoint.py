@@ -45,20 +45,24 @@ def _rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+def _markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
 def _table(summary: list[dict]) -> str:
-    lines = ["| codec | kbps | real kbps | PESQ-WB | STOI | mel distance | SI-SDR (dB) |", "|---|---|---|---|---|---|---|"]
-    for r in summary:
-        lines.append(f"| {r['codec']} | {float(r['kbps']):g} | {float(r['file_kbps']):.2f} | {float(r['pesq']):.3f} | "
-                     f"{float(r['stoi']):.3f} | {float(r['mel_distance']):.3f} | {float(r['si_sdr']):.2f} |")  # fmt: skip
-    return "\n".join(lines)
+    return _markdown(["codec", "kbps", "real kbps", "PESQ-WB", "STOI", "mel distance", "SI-SDR (dB)"],
+                     [[r["codec"], f"{float(r['kbps']):g}", f"{float(r['file_kbps']):.2f}", f"{float(r['pesq']):.3f}",
+                       f"{float(r['stoi']):.3f}", f"{float(r['mel_distance']):.3f}", f"{float(r['si_sdr']):.2f}"]
+                      for r in summary])  # fmt: skip
 
 
 def _bf16_table(rows: list[dict]) -> str:
-    lines = ["| kbps | codes = float32 | PESQ-WB fp32 → bf16 | STOI fp32 → bf16 | SI-SDR fp32 → bf16 |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['kbps']:g} | {r['codes_equal']:.3f} | {r['pesq_fp32']:.3f} → {r['pesq_bf16']:.3f} | "
-                     f"{r['stoi_fp32']:.3f} → {r['stoi_bf16']:.3f} | {r['si_sdr_fp32']:.2f} → {r['si_sdr_bf16']:.2f} |")  # fmt: skip
-    return "\n".join(lines)
+    pairs = (("pesq", "PESQ-WB", ".3f"), ("stoi", "STOI", ".3f"), ("si_sdr", "SI-SDR", ".2f"))
+    return _markdown(["kbps", "codes = float32", *(f"{label} fp32 → bf16" for _, label, _ in pairs)],
+                     [[f"{r['kbps']:g}", f"{r['codes_equal']:.3f}",
+                       *(f"{r[f'{m}_fp32']:{fmt}} → {r[f'{m}_bf16']:{fmt}}" for m, _, fmt in pairs)]
+                      for r in rows])  # fmt: skip
 
 
 def main() -> None:
