@@ -222,11 +222,17 @@ def align(reference: np.ndarray, decoded: np.ndarray, max_lag: int = MAX_LAG) ->
     return np.pad(shifted, (0, reference.size - shifted.size)).astype(np.float32), lag
 
 
-def code_and_score(codec: Codec, audio: np.ndarray, kbps: float, tmp: Path) -> tuple[np.ndarray, dict]:
-    """`audio` through `codec` at `kbps`: the decoded signal aligned to it, and its row of measurements."""
+def code_aligned(codec: Codec, audio: np.ndarray, kbps: float, tmp: Path) -> tuple[np.ndarray, dict]:
+    """`audio` through `codec` at `kbps`: the decoded signal aligned to it, and its row (rate, size, lag)."""
     decoded, size = codec.code(audio, kbps, Path(tmp))
     decoded, lag = align(audio, np.asarray(decoded, dtype=np.float32), MAX_LAG if codec.delays else 0)
-    row = {"codec": codec.name, "kbps": kbps, "file_kbps": size * 8 / (audio.size / RATE) / 1000, "lag_samples": lag}
+    return decoded, {"codec": codec.name, "kbps": kbps, "file_kbps": size * 8 / (audio.size / RATE) / 1000,
+                     "lag_samples": lag}  # fmt: skip
+
+
+def code_and_score(codec: Codec, audio: np.ndarray, kbps: float, tmp: Path) -> tuple[np.ndarray, dict]:
+    """[`code_aligned`], with the decoded signal's scores against `audio` in the row."""
+    decoded, row = code_aligned(codec, audio, kbps, tmp)
     return decoded, {**row, **score(audio, decoded)}
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import soundfile as sf
 
 from .audio_io import AudioFileError, load_audio
-from .codecs import RATE, CodecUnavailable, all_codecs, code_and_score, curves_by_codec, score, summarize
+from .codecs import RATE, CodecUnavailable, all_codecs, code_aligned, curves_by_codec, score, summarize
 from .io_utils import atomic_directory
 from .plotting import plot_rate_distortion
 
@@ -212,7 +212,7 @@ def make_report(in_dir: str | Path, out_dir: str | Path, model_name: str | None 
             cards.append(_version_card("original", "original", f"audio/{stem}-original.flac",
                                        f"img/{stem}-original.png", audio.size / RATE, None))  # fmt: skip
             for codec, rate in versions:
-                decoded, row = code_and_score(codec, audio, rate, Path(scratch))
+                decoded, row = code_aligned(codec, audio, rate, Path(scratch))
                 label = f"{'ESC' if codec is esc else codec.name} {rate:g} kbps"
                 base = f"{stem}-{codec.name}-{rate:g}"
                 sf.write(folder / "audio" / f"{base}.flac", np.clip(decoded, -1, 1), RATE, subtype="PCM_16")

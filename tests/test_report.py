@@ -148,7 +148,7 @@ def test_a_failed_run_keeps_the_previous_report(tmp_path, monkeypatch, rates):
     def fail(*args, **kwargs):
         raise RuntimeError("codec crashed")
 
-    monkeypatch.setattr(report, "code_and_score", fail)
+    monkeypatch.setattr(report, "code_aligned", fail)
     with pytest.raises(RuntimeError, match="codec crashed"):
         report.make_report(SPEECH[0].parent, out, kbps=rates, codecs=(), log=lambda *_: None)
     assert (out / "index.html").read_text() == "previous report"
