@@ -237,8 +237,9 @@ def _window_plan(batch: int, height: int, width: int, window_size: int, device: 
     return _WindowPlan(padded, to_window, switch, to_grid, to_merge, keep, interior, border_mask)
 
 
-# Largest float32 temporary the bf16 CPU attention makes at once (see `EscWindowAttention.attend`).
-_FLOAT32_SLICE_BYTES = 16 * 2**20
+# Largest float32 temporary the bf16 CPU attention makes at once (see `EscWindowAttention.attend`): small enough
+# to stay in a core's L2 cache.
+_FLOAT32_SLICE_BYTES = 2**20
 
 
 class _Linear(nn.Linear):
@@ -330,9 +331,9 @@ class EscWindowAttention(nn.Module):
         qkv = _inference_linear(windows, self.qkv).view(batch_windows, tokens, 3, self.num_heads, -1)
         if qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16:
             # The CPU kernel is ~1.5x slower in bf16 than in float32 on 16-token windows (per-window overhead), so
-            # it runs in float32, on slices of windows: at the finest scale one float32 copy of the whole qkv
-            # (35 MB for 10 s) cost as much as the attention itself; in slices the call takes 9.1 instead of
-            # 17.7 ms (10 s, 2 threads), with the same values.
+            # it runs in float32, on slices of windows that stay in the L2 cache, with the same values: at the
+            # finest scale (4008 windows for 10 s, 2 threads) this call takes 18.4 ms in 1 MiB slices, 20.3 ms in
+            # 16 MiB ones and 25.4 ms with one float32 copy of the whole qkv (35 MB).
             out = qkv.new_empty(batch_windows, tokens, channels)
             step = max(1, _FLOAT32_SLICE_BYTES // (4 * qkv[0].numel()))
             bias = bias.float()
@@ -588,9 +589,12 @@ class EscPatchEmbed(nn.Module):
 
     def forward(self, stft: torch.Tensor) -> torch.Tensor:
         """`(B, 2, F, T)` → tokens `(B, H0*W, C0)` (Swin) or `(B, C0, H0, W)` (CNN); an odd last frame is dropped."""
-        x = self.proj(stft.to(self.proj.weight.dtype))
+        x = stft.to(self.proj.weight.dtype)
         if not self.is_swin:
-            return x
+            return self.proj(x)
+        # A channels-last input makes the convolution write its output in token order (same values, twice as
+        # fast), so the flatten and transpose below are views rather than a copy of the largest feature map.
+        x = self.proj(x.contiguous(memory_format=torch.channels_last))
         return self.norm(x.flatten(2).transpose(1, 2))
 
 
@@ -1045,6 +1049,9 @@ class EscModel(EscPreTrainedModel):
             # slower on the CPU, and the stream keeps full precision between the bf16 matmuls.
             if isinstance(module, nn.LayerNorm):
                 module.float()
+        # So does the patch embedding: a convolution over 2 input channels is all memory traffic, and 2x slower
+        # in bf16 on the CPU.
+        self.encoder.patch_embed.float()
         return self
 
     def _resolve_num_streams(self, num_streams: int | None, bandwidth: float | None) -> int:
