@@ -1035,9 +1035,10 @@ class EscModel(EscPreTrainedModel):
     def set_backbone_dtype(self, dtype: torch.dtype) -> "EscModel":
         """Opt-in, approximate: casts the encoder and decoder (nearly all of the compute) to `dtype`, typically
         `torch.bfloat16` on a GPU or a CPU with AVX512-BF16/AMX, where it runs several times faster. The STFT, the
-        quantizers (projections and codebook search) and the inverse STFT stay in float32, so codes are still
-        searched at full precision, but from slightly different features: they no longer match float32 exactly
-        (`benchmarks/bench_codec.py` reports the agreement). Casting back does not restore the float32 weights;
+        patch embedding, the LayerNorms and the residual stream, the quantizers (projections and codebook search)
+        and the inverse STFT stay in float32, so codes are still searched at full precision, but from slightly
+        different features: they no longer match float32 exactly (`benchmarks/bench_codec.py` reports the
+        agreement). Casting back does not restore the float32 weights;
         load the model again for exact outputs. Returns the model.
         """
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:

@@ -71,7 +71,7 @@ def test_bf16_backbone_is_opt_in_and_close(name):
     audio = model.decode(codes).audio_values
     assert model.set_backbone_dtype(torch.bfloat16) is model
     assert {p.dtype for n, p in model.encoder.blocks.named_parameters() if "norm" not in n} == {torch.bfloat16}
-    assert model.encoder.patch_embed.proj.weight.dtype == torch.float32  # cheaper in float32 (see the docstring)
+    assert model.encoder.patch_embed.proj.weight.dtype == torch.float32  # cheaper in float32 (see set_backbone_dtype)
     assert all(p.dtype == torch.float32 for p in model.quantizers.parameters())
     codes_bf16 = model.encode(waveform).audio_codes
     audio_bf16 = model.decode(codes).audio_values
