@@ -146,6 +146,7 @@ def test_val_curve_through_the_switch_ramp_and_continuing_from_weights(tmp_path,
                          "--log-every", "1", "--switch-warmup-steps", "2")).train()  # fmt: skip
     run = tmp_path / "run"
     history = (run / "eval_history.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in history[1:]] == [1, 2, 3, 4]  # the last step evaluated once
     streams = [int(line.split(",")[2]) for line in history[1:]]
     assert history[0].startswith("step,kbps,streams") and streams[:2] == [0, 6]  # warm start: quantizers bypassed
     assert (run / "val_curve.png").read_bytes()[:4] == b"\x89PNG"

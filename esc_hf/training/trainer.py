@@ -316,6 +316,7 @@ class EscTrainer:
         progress = tqdm(total=args.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc="train")
         started, audio_seconds, micro = time.perf_counter(), 0.0, 0
         self.last_losses: list[float] = []
+        rows, evaluated_at = None, None
         while self.step < args.max_steps:
             for batch in loader:
                 warm = self.step < args.warm_start_steps
@@ -371,14 +372,15 @@ class EscTrainer:
                 if self.step % args.save_every == 0:
                     self._save_checkpoint()
                 if self.step % args.eval_every == 0:
-                    self._evaluate()
+                    rows, evaluated_at = self._evaluate(), self.step
                     acc.wait_for_everyone()
                 if self.step >= args.max_steps:
                     break
             if stream is None:
                 break
         progress.close()
-        rows = self._evaluate()
+        if evaluated_at != self.step:  # the last step may have been evaluated in the loop: one history row per step
+            rows = self._evaluate()
         if self.step % args.save_every:
             self._save_checkpoint()
         if acc.is_main_process:
