@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "esc-base"
 
 # speech_nl.flac (a validation clip): PESQ-WB and SI-SDR (dB) measured at packaging, minus a small margin.
-# Step 7000 (2026-11-28, session 3): an early checkpoint whose phase is still poorly learned, hence the low SI-SDR.
-MEASURED = {1.5: {"pesq": 1.258, "si_sdr": -20.03}, 9.0: {"pesq": 1.565, "si_sdr": -15.32}}
+# Step 10000 (2026-11-28, the fourth and last CPU session): an early-stage codec whose phase is still poorly learned,
+# hence the low SI-SDR.
+MEASURED = {1.5: {"pesq": 1.229, "si_sdr": -14.63}, 9.0: {"pesq": 1.567, "si_sdr": -10.95}}
 MARGIN = {"pesq": 0.05, "si_sdr": 0.5}
 
 
