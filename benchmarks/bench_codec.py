@@ -23,6 +23,12 @@ the next run); its encoder graph computes all six streams, also for the 1.5 kbps
 * `codes_vs_fp32`: share of codes equal to esc_hf fp32 eager's (the exact path; its own row compares with the
   authors' codes when `--authors` is given).
 
+Memory: every child process runs with glibc keeping freed memory for reuse (`MALLOC_MMAP_THRESHOLD_` at its
+32 MiB maximum, `MALLOC_TRIM_THRESHOLD_` never reached), the same for all codecs; `--malloc default` turns this
+off. With glibc's defaults a call's large temporaries are partly fresh pages, and how many depends on the heap's
+history: on one 2-core VM that moved EnCodec's encode between 21x and 30x real time from one run to the next,
+while ESC moved by a few percent; the setting measures every codec at its best.
+
 Precisions: `fp32` (exact: ESC codes identical to the authors'), `tf32` (CUDA matmuls in TF32), `bf16` (opt-in
 `EscModel.set_backbone_dtype(torch.bfloat16)`: backbone in bf16, STFT and codebook search in float32). The
 authors' checkout needs `einops` and `torchaudio` importable; their model gets our weights.
@@ -31,6 +37,7 @@ authors' checkout needs `einops` and `torchaudio` importable; their model gets o
 import argparse
 import csv
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
@@ -464,7 +471,8 @@ def _fmt(value, spec):
 
 
 def print_table(rows, roofline, args):
-    print(f"\n{args.seconds:g} s clip, {args.threads} threads, device {args.device}, best of {args.repeats}; matmul "
+    print(f"\n{args.seconds:g} s clip, {args.threads} threads, device {args.device}, best of {args.repeats}, "
+          f"malloc {args.malloc}; matmul "
           + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in roofline.items()))  # fmt: skip
     header = (f"{'impl':<15} {'prec':<5} {'batch':>5} {'op':<7} {'kbps':>5} {'seconds':>8} {'x RT':>8} {'peak MB':>8} "
               f"{'GFLOP':>7} {'% roof':>6} {'codes=':>7}")  # fmt: skip
@@ -505,6 +513,8 @@ def main(argv=None):
     parser.add_argument("--flops", action="store_true", help="also count the transformers codecs' FLOPs (slow)")
     parser.add_argument("--onnx-dir", help="where the ONNX export goes (reused if there; default: a temporary one)")
     parser.add_argument("--csv", help="also write the table here")
+    parser.add_argument("--malloc", choices=["reuse", "default"], default="reuse",
+                        help="glibc keeps freed memory for reuse in every child (default), or its own defaults")  # fmt: skip
     args = parser.parse_args(argv)
     if args.precisions is None:
         args.precisions = ["fp32", "tf32", "bf16"] if args.device == "cuda" else ["fp32", "bf16"]
@@ -516,6 +526,9 @@ def main(argv=None):
         parser.error("--device cuda: this torch build or machine has no CUDA device")
     if min(args.batch_sizes) < 1 or args.seconds <= 0 or args.repeats < 1:
         parser.error("--batch-sizes, --seconds and --repeats must be positive")
+    if args.malloc == "reuse":
+        # Read by glibc when a spawned child starts: every measurement process gets them.
+        os.environ.update({"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**62)})
     with tempfile.TemporaryDirectory() as tmp:
         args.onnx_dir = args.onnx_dir or str(Path(tmp) / "onnx")
         rows, roofline, failures = run(args)

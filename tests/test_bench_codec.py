@@ -24,7 +24,7 @@ def test_batched_run_writes_every_measurement(tmp_path):
     for row in rows:
         assert row["impl"] == "esc_hf" and row["batch"] == "2" and row["device"] == "cpu"
         assert float(row["x_real_time"]) > 0 and float(row["peak_mb"]) > 0 and float(row["pct_roofline"]) > 0
-    assert "esc_hf" in result.stdout and "x RT" in result.stdout
+    assert "esc_hf" in result.stdout and "x RT" in result.stdout and "malloc reuse" in result.stdout
 
 
 def test_bad_settings_are_refused(tmp_path):

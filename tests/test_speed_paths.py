@@ -111,3 +111,27 @@ def test_inference_paths_match_authors_in_a_batch_of_two_lengths():
     assert torch.equal(codes[1:], model.encode(batch[1:], num_streams=6).audio_codes)
     audio = model.decode(codes).audio_values
     torch.testing.assert_close(audio[:1, 0], fixture.outputs["decoded_6"], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("height,width", [(2, 9), (1, 6), (3, 4)])
+def test_stage_lower_than_a_window_skips_padding_rows_exactly(monkeypatch, dtype, height, width):
+    """Below one window's height (ESC-Base's 2-row bottleneck) the blocks run norms, projections and MLP on the
+    real tokens only; that must give what the same blocks give on every row."""
+    layer = _layer(scale="up")
+    if dtype == torch.bfloat16:
+        layer.to(dtype)
+        for module in layer.modules():
+            if isinstance(module, torch.nn.LayerNorm):
+                module.float()
+    x = torch.randn(2, height * width, 12, generator=torch.Generator().manual_seed(1))
+    calls = []
+    real_rows = modeling_esc.EscSwinBlock._forward_real_rows
+    monkeypatch.setattr(modeling_esc.EscSwinBlock, "_forward_real_rows",
+                        lambda self, *a: calls.append(1) or real_rows(self, *a))  # fmt: skip
+    with torch.no_grad():
+        skipped, _ = layer(x, height, width)
+        assert len(calls) == len(layer.swint_blocks)
+        monkeypatch.setattr(modeling_esc.EscSwinBlock, "_forward_real_rows", modeling_esc.EscSwinBlock._forward_all_rows)
+        every_row, _ = layer(x, height, width)
+    assert torch.equal(skipped, every_row)
