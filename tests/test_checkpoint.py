@@ -103,3 +103,9 @@ def test_folder_holds_what_the_card_promises():
     for needed in ("## Training data", "2.19 h", "GPL-2.0-or-later", "steps", "wall time", "examples/train.py",
                    "esc-base-cpu.yaml", "PESQ-WB"):  # fmt: skip
         assert needed in card, needed
+
+
+@pytest.mark.parametrize("name", ["modeling_esc.py", "configuration_esc.py", "feature_extraction_esc.py"])
+def test_remote_code_is_the_package_code(name):
+    """trust_remote_code loads these copies: they must be the package's code, not an older version of it."""
+    assert (CHECKPOINT / name).read_bytes() == (ROOT / "esc_hf" / name).read_bytes(), f"copy esc_hf/{name} there"

@@ -175,17 +175,17 @@ def _window_merge(windows: torch.Tensor, window_size: int, height: int, width: i
 class _WindowPlan:
     """Gather indices that keep a Swin stage's tokens in window order between its blocks (inference path).
 
-    Every token layout here is a flat `(rows, C)` tensor. `to_window[s]` gathers the grid tokens `(B*H*W, C)`, plus
-    one zero row at index `B*H*W` when the grid is padded, into the window order of shift `s`: the padded, rolled
-    grid cut into `ws × ws` windows, row-major tokens inside each window, exactly as pad + roll + partition would
-    give, except that for a shifted order the windows that straddle the cyclic seam (the only ones with a nonzero
-    shift mask) come after all the others, `interior[s]` windows in. `switch[(a, b)]` re-orders from shift `a` to
-    `b`, `to_grid[s]` returns to the cropped grid and `to_merge[s]` (even H only) straight to `EscPatchMerge`'s
-    row pairs. `keep[s]` zeroes the padding tokens after the first norm; `border_mask[s]` is the shift mask of
-    the seam windows, in their order.
+    Every token layout here is a flat `(rows, C)` tensor. `to_window[s]` gathers the grid tokens `(B*H*W, C)` into
+    the window order of shift `s`: the padded, rolled grid cut into `ws × ws` windows, row-major tokens inside each
+    window, exactly as pad + roll + partition would give, except that for a shifted order the windows that
+    straddle the cyclic seam (the only ones with a nonzero shift mask) come after all the others, `interior[s]`
+    windows in. Padding positions gather row 0: their values never matter, because `keep[s]` zeroes them after
+    the first norm, as the zero padding of the plain path is. `switch[(a, b)]` re-orders from shift `a` to `b`,
+    `to_grid[s]` returns to the cropped grid and `to_merge[s]` (even H only) straight to `EscPatchMerge`'s row
+    pairs; `border_mask[s]` is the shift mask of the seam windows, in their order. `real[s]` lists the rows of
+    real tokens where padding is at least a quarter of the rows (a bottleneck lower than one window), else None.
     """
 
-    padded: bool
     to_window: dict
     switch: dict
     to_grid: dict
@@ -193,6 +193,7 @@ class _WindowPlan:
     keep: dict
     interior: dict
     border_mask: dict
+    real: dict
 
 
 @lru_cache(maxsize=64)
@@ -203,11 +204,11 @@ def _window_plan(batch: int, height: int, width: int, window_size: int, device: 
     item = torch.arange(batch)[:, None, None, None] * (hp * wp)
     row, col = torch.arange(hp)[:, None], torch.arange(wp)[None, :]
     real = ((row < height) & (col < width)).expand(hp, wp)
-    # Index of every padded-grid position in the grid tokens (the appended zero row for padding).
+    # Index of every padded-grid position in the grid tokens (row 0 for padding).
     source = torch.arange(batch)[:, None, None] * (height * width) + row * width + col
-    source = source.masked_fill(~real, batch * height * width)
+    source = source.masked_fill(~real, 0)
     orders, inverse = {}, {}
-    to_window, keep, interior, border_mask = {}, {}, {}, {}
+    to_window, keep, interior, border_mask, real_rows = {}, {}, {}, {}, {}
     for s in sorted({0, shift}):
         # Rolling by -s puts padded position ((r + s) % hp, (c + s) % wp) at (r, c).
         grid = ((row + s) % hp) * wp + (col + s) % wp
@@ -222,7 +223,9 @@ def _window_plan(batch: int, height: int, width: int, window_size: int, device: 
         order = positions.reshape(-1)
         orders[s], inverse[s] = order, torch.argsort(order)
         to_window[s] = source.reshape(-1)[order].to(device)
-        keep[s] = real.reshape(-1).repeat(batch)[order].to(device, torch.float32)[:, None] if padded else None
+        is_real = real.reshape(-1).repeat(batch)[order]
+        keep[s] = is_real.to(device, torch.float32)[:, None] if padded else None
+        real_rows[s] = is_real.nonzero()[:, 0].to(device) if 4 * int(is_real.sum()) <= 3 * is_real.numel() else None
     switch = {(a, b): inverse[a][orders[b]].to(device) for a in orders for b in orders if a != b}
     grid_positions = (item[..., 0] + row * wp + col)[:, :height, :width].reshape(-1)
     to_grid = {s: inverse[s][grid_positions].to(device) for s in orders}
@@ -234,7 +237,7 @@ def _window_plan(batch: int, height: int, width: int, window_size: int, device: 
         # (b, h', w, t) ← grid row 2h' + t: PatchMerge's concatenation of two rows on channels.
         pairs = item[..., 0, None] + (2 * row[: height // 2, :, None] + torch.arange(2)) * wp + col[..., None]
         to_merge[s] = inverse[s][pairs[:, :, :width].reshape(-1)].to(device)
-    return _WindowPlan(padded, to_window, switch, to_grid, to_merge, keep, interior, border_mask)
+    return _WindowPlan(to_window, switch, to_grid, to_merge, keep, interior, border_mask, real_rows)
 
 
 # Largest float32 temporary the bf16 CPU attention makes at once (see `EscWindowAttention.attend`): small enough
@@ -324,25 +327,30 @@ class EscWindowAttention(nn.Module):
         out = attn.softmax(dim=-1) @ value
         return self.proj(out.transpose(1, 2).reshape(batch_windows, tokens, channels))
 
-    def attend(self, windows: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """Inference attention with the additive `bias` (position bias, plus the shift mask where it is nonzero),
-        broadcast over windows."""
-        batch_windows, tokens, channels = windows.shape
+    def attend(self, windows: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Inference attention on `windows` `(B * nW, N, C)`: the position `bias` `(1, heads, N, N)`, plus the shift
+        `mask` `(B * nW, 1, N, N)` of these windows where it is nonzero."""
+        batch_windows, tokens, _ = windows.shape
         qkv = _inference_linear(windows, self.qkv).view(batch_windows, tokens, 3, self.num_heads, -1)
+        return _inference_linear(self.attend_qkv(qkv, bias, mask), self.proj)
+
+    def attend_qkv(self, qkv: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`attend` from the projected `qkv` `(B * nW, N, 3, heads, d)`, before the output projection."""
+        batch_windows, tokens, _, heads, head_dim = qkv.shape
         if qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16:
             # The CPU kernel is ~1.5x slower in bf16 than in float32 on 16-token windows (per-window overhead), so
             # it runs in float32, on slices of windows that stay in the L2 cache, with the same values: at the
             # finest scale (4008 windows for 10 s, 2 threads) this call takes 18.4 ms in 1 MiB slices, 20.3 ms in
-            # 16 MiB ones and 25.4 ms with one float32 copy of the whole qkv (35 MB).
-            out = qkv.new_empty(batch_windows, tokens, channels)
+            # 16 MiB ones and 25.4 ms with one float32 copy of the whole qkv (35 MB). The mask is added per slice
+            # too: at the bottleneck every window is on the seam, and a (windows, heads, N, N) bias is 6 MB.
+            out = qkv.new_empty(batch_windows, tokens, heads * head_dim)
             step = max(1, _FLOAT32_SLICE_BYTES // (4 * qkv[0].numel()))
             bias = bias.float()
             for start in range(0, batch_windows, step):
                 part = slice(start, start + step)
-                out[part] = self._attention(qkv[part].float(), bias[part] if bias.shape[0] > 1 else bias)
-        else:
-            out = self._attention(qkv, bias)
-        return _inference_linear(out, self.proj)
+                out[part] = self._attention(qkv[part].float(), bias if mask is None else bias + mask[part])
+            return out
+        return self._attention(qkv, bias if mask is None else bias + mask.to(bias.dtype))
 
     def _attention(self, qkv: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """`qkv` `(B, N, 3, heads, d)` → `(B, N, heads * d)`."""
@@ -405,6 +413,11 @@ class EscSwinBlock(nn.Module):
         """Inference form of `forward` on tokens `(rows, C)` already in this block's window order (see
         [`_WindowPlan`]); updates `x` in place. The same arithmetic per token, without the per-block pad, roll,
         partition, merge and crop copies."""
+        if plan.real[self.shift_size] is not None:
+            return self._forward_real_rows(x, plan)
+        return self._forward_all_rows(x, plan)
+
+    def _forward_all_rows(self, x: torch.Tensor, plan: _WindowPlan) -> torch.Tensor:
         tokens, channels = self.window_size**2, x.shape[-1]
         y = self.norm1(x)
         keep = plan.keep[self.shift_size]
@@ -415,14 +428,33 @@ class EscSwinBlock(nn.Module):
         if self.shift_size:
             # Only the windows on the cyclic seam have a nonzero shift mask; the others need the bias alone.
             interior = plan.interior[self.shift_size]
-            seam_bias = bias + plan.border_mask[self.shift_size].to(bias.dtype)
             if interior:
                 windows[:interior].add_(self.attn.attend(y[:interior], bias))
             if interior < windows.shape[0]:
-                windows[interior:].add_(self.attn.attend(y[interior:], seam_bias))
+                windows[interior:].add_(self.attn.attend(y[interior:], bias, plan.border_mask[self.shift_size]))
         else:
             windows.add_(self.attn.attend(y, bias))
         return x.add_(self.mlp(self.norm2(x)))
+
+    def _forward_real_rows(self, x: torch.Tensor, plan: _WindowPlan) -> torch.Tensor:
+        """`forward_windows` where padding is a large share of the rows (ESC-Base's bottleneck is 2 rows high,
+        half of every 4 × 4 window): norms, projections and the MLP run on the real tokens only. A padding token's
+        normed input is zero, so its query, key and value are the qkv bias, which is what it gets here."""
+        real, tokens, channels = plan.real[self.shift_size], self.window_size**2, x.shape[-1]
+        real_x = x.index_select(0, real)
+        projected = _inference_linear(self.norm1(real_x), self.attn.qkv)
+        qkv = self.attn.qkv.bias.to(projected.dtype).expand(x.shape[0], -1).index_copy(0, real, projected)
+        qkv = qkv.view(-1, tokens, 3, self.attn.num_heads, channels // self.attn.num_heads)
+        bias = self.attn.position_bias()
+        if self.shift_size:
+            interior, mask = plan.interior[self.shift_size], plan.border_mask[self.shift_size]
+            parts = [(qkv[:interior], None), (qkv[interior:], mask)]
+            out = torch.cat([self.attn.attend_qkv(part, bias, m) for part, m in parts if part.shape[0]])
+        else:
+            out = self.attn.attend_qkv(qkv, bias)
+        real_x.add_(_inference_linear(out.view(-1, channels).index_select(0, real), self.attn.proj))
+        real_x.add_(self.mlp(self.norm2(real_x)))
+        return x.index_copy_(0, real, real_x)
 
 
 class EscPatchMerge(nn.Module):
@@ -499,11 +531,8 @@ class EscTransformerLayer(nn.Module):
     def _forward_inference(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int]:
         batch, _, channels = x.shape
         plan = _window_plan(batch, height, width, self.window_size, x.device)
-        flat = x.reshape(-1, channels)
-        if plan.padded:
-            flat = torch.cat([flat, flat.new_zeros(1, channels)])
         shift = self.swint_blocks[0].shift_size
-        x = flat.index_select(0, plan.to_window[shift])  # a fresh tensor: the blocks update it in place
+        x = x.reshape(-1, channels).index_select(0, plan.to_window[shift])  # a fresh tensor: updated in place
         for block in self.swint_blocks:
             if block.shift_size != shift:
                 x = x.index_select(0, plan.switch[(shift, block.shift_size)])
