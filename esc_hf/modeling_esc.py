@@ -240,7 +240,7 @@ def _window_plan(batch: int, height: int, width: int, window_size: int, device: 
     return _WindowPlan(to_window, switch, to_grid, to_merge, keep, interior, border_mask, real_rows)
 
 
-# Largest float32 temporary the bf16 CPU attention makes at once (see `EscWindowAttention.attend`): small enough
+# Largest float32 temporary the bf16 CPU attention makes at once (see `EscWindowAttention.attend_qkv`): small enough
 # to stay in a core's L2 cache.
 _FLOAT32_SLICE_BYTES = 2**20
 
