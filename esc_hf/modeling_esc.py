@@ -425,16 +425,18 @@ class EscSwinBlock(nn.Module):
             y.mul_(keep.to(y.dtype))
         y, windows = y.view(-1, tokens, channels), x.view(-1, tokens, channels)
         bias = self.attn.position_bias()
-        if self.shift_size:
-            # Only the windows on the cyclic seam have a nonzero shift mask; the others need the bias alone.
-            interior = plan.interior[self.shift_size]
-            if interior:
-                windows[:interior].add_(self.attn.attend(y[:interior], bias))
-            if interior < windows.shape[0]:
-                windows[interior:].add_(self.attn.attend(y[interior:], bias, plan.border_mask[self.shift_size]))
-        else:
-            windows.add_(self.attn.attend(y, bias))
+        for part, mask in self._mask_parts(plan, windows.shape[0]):
+            windows[part].add_(self.attn.attend(y[part], bias, mask))
         return x.add_(self.mlp(self.norm2(x)))
+
+    def _mask_parts(self, plan: _WindowPlan, num_windows: int) -> list[tuple[slice, torch.Tensor | None]]:
+        """The non-empty runs of windows and their shift masks: only the windows on the cyclic seam have a nonzero
+        mask (they come last in a shifted order); the others need the position bias alone."""
+        if not self.shift_size:
+            return [(slice(None), None)]
+        interior = plan.interior[self.shift_size]
+        parts = [(slice(0, interior), None), (slice(interior, num_windows), plan.border_mask[self.shift_size])]
+        return [(part, mask) for part, mask in parts if part.start < part.stop]
 
     def _forward_real_rows(self, x: torch.Tensor, plan: _WindowPlan) -> torch.Tensor:
         """`forward_windows` where padding is a large share of the rows (ESC-Base's bottleneck is 2 rows high,
@@ -446,12 +448,8 @@ class EscSwinBlock(nn.Module):
         qkv = self.attn.qkv.bias.to(projected.dtype).expand(x.shape[0], -1).index_copy(0, real, projected)
         qkv = qkv.view(-1, tokens, 3, self.attn.num_heads, channels // self.attn.num_heads)
         bias = self.attn.position_bias()
-        if self.shift_size:
-            interior, mask = plan.interior[self.shift_size], plan.border_mask[self.shift_size]
-            parts = [(qkv[:interior], None), (qkv[interior:], mask)]
-            out = torch.cat([self.attn.attend_qkv(part, bias, m) for part, m in parts if part.shape[0]])
-        else:
-            out = self.attn.attend_qkv(qkv, bias)
+        outs = [self.attn.attend_qkv(qkv[part], bias, mask) for part, mask in self._mask_parts(plan, qkv.shape[0])]
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         real_x.add_(_inference_linear(out.view(-1, channels).index_select(0, real), self.attn.proj))
         real_x.add_(self.mlp(self.norm2(real_x)))
         return x.index_copy_(0, real, real_x)
