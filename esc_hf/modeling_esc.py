@@ -21,6 +21,12 @@ from transformers.utils import ModelOutput
 from .configuration_esc import EscConfig
 
 
+try:  # The package's fused CPU kernel for the bf16 backbone; a remote-code copy without esc_hf installed goes without.
+    from esc_hf import cpu_kernels as _cpu_kernels
+except ImportError:
+    _cpu_kernels = None
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Outputs
 
@@ -179,18 +185,19 @@ class _WindowPlan:
     the window order of shift `s`: the padded, rolled grid cut into `ws × ws` windows, row-major tokens inside each
     window, exactly as pad + roll + partition would give, except that for a shifted order the windows that
     straddle the cyclic seam (the only ones with a nonzero shift mask) come after all the others, `interior[s]`
-    windows in. Padding positions gather row 0: their values never matter, because `keep[s]` zeroes them after
-    the first norm, as the zero padding of the plain path is. `switch[(a, b)]` re-orders from shift `a` to `b`,
-    `to_grid[s]` returns to the cropped grid and `to_merge[s]` (even H only) straight to `EscPatchMerge`'s row
-    pairs; `border_mask[s]` is the shift mask of the seam windows, in their order. `real[s]` lists the rows of
-    real tokens where padding is at least a quarter of the rows (a bottleneck lower than one window), else None.
+    windows in. Padding positions gather row 0: their values never matter, because the first norm's output is
+    zeroed on the rows that `padding[s]` lists, as the zero padding of the plain path is. `switch[(a, b)]`
+    re-orders from shift `a` to `b`, `to_grid[s]` returns to the cropped grid and `to_merge[s]` (even H only)
+    straight to `EscPatchMerge`'s row pairs; `border_mask[s]` is the shift mask of the seam windows, in their
+    order. `real[s]` lists the rows of real tokens where padding is at least a quarter of the rows (a bottleneck
+    lower than one window), else None.
     """
 
     to_window: dict
     switch: dict
     to_grid: dict
     to_merge: dict
-    keep: dict
+    padding: dict
     interior: dict
     border_mask: dict
     real: dict
@@ -208,7 +215,7 @@ def _window_plan(batch: int, height: int, width: int, window_size: int, device: 
     source = torch.arange(batch)[:, None, None] * (height * width) + row * width + col
     source = source.masked_fill(~real, 0)
     orders, inverse = {}, {}
-    to_window, keep, interior, border_mask, real_rows = {}, {}, {}, {}, {}
+    to_window, padding, interior, border_mask, real_rows = {}, {}, {}, {}, {}
     for s in sorted({0, shift}):
         # Rolling by -s puts padded position ((r + s) % hp, (c + s) % wp) at (r, c).
         grid = ((row + s) % hp) * wp + (col + s) % wp
@@ -224,7 +231,7 @@ def _window_plan(batch: int, height: int, width: int, window_size: int, device: 
         orders[s], inverse[s] = order, torch.argsort(order)
         to_window[s] = source.reshape(-1)[order].to(device)
         is_real = real.reshape(-1).repeat(batch)[order]
-        keep[s] = is_real.to(device, torch.float32)[:, None] if padded else None
+        padding[s] = (~is_real).nonzero()[:, 0].to(device) if padded else None
         real_rows[s] = is_real.nonzero()[:, 0].to(device) if 4 * int(is_real.sum()) <= 3 * is_real.numel() else None
     switch = {(a, b): inverse[a][orders[b]].to(device) for a in orders for b in orders if a != b}
     grid_positions = (item[..., 0] + row * wp + col)[:, :height, :width].reshape(-1)
@@ -237,7 +244,7 @@ def _window_plan(batch: int, height: int, width: int, window_size: int, device: 
         # (b, h', w, t) ← grid row 2h' + t: PatchMerge's concatenation of two rows on channels.
         pairs = item[..., 0, None] + (2 * row[: height // 2, :, None] + torch.arange(2)) * wp + col[..., None]
         to_merge[s] = inverse[s][pairs[:, :, :width].reshape(-1)].to(device)
-    return _WindowPlan(to_window, switch, to_grid, to_merge, keep, interior, border_mask, real_rows)
+    return _WindowPlan(to_window, switch, to_grid, to_merge, padding, interior, border_mask, real_rows)
 
 
 # Largest float32 temporary the bf16 CPU attention makes at once (see `EscWindowAttention.attend_qkv`): small enough
@@ -285,6 +292,11 @@ def _linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
     x = x.to(linear.weight.dtype)
     out = _onednn_linear(x, linear, "gelu")
     return F.gelu(linear(x)) if out is None else out
+
+
+def _add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`x.add_(y)` on the residual stream; one pass, with the package's CPU kernel, for a bf16 backbone's branch."""
+    return x.add_(y) if _cpu_kernels is None else _cpu_kernels.add_(x, y)
 
 
 class EscWindowAttention(nn.Module):
@@ -337,7 +349,11 @@ class EscWindowAttention(nn.Module):
     def attend_qkv(self, qkv: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """`attend` from the projected `qkv` `(B * nW, N, 3, heads, d)`, before the output projection."""
         batch_windows, tokens, _, heads, head_dim = qkv.shape
+        if _cpu_kernels is not None and bias.shape[0] == 1 and _cpu_kernels.supports_attention(qkv):
+            # 3-4x faster than the float32 slices below: no conversion passes, no per-window overhead.
+            return _cpu_kernels.window_attention(qkv, bias, mask, self.scale)
         if qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16:
+            # Without the fused kernel (esc_hf.cpu_kernels): aten's attention.
             # The CPU kernel is ~1.5x slower in bf16 than in float32 on 16-token windows (per-window overhead), so
             # it runs in float32, on slices of windows that stay in the L2 cache, with the same values: at the
             # finest scale (4008 windows for 10 s, 2 threads) this call takes 18.4 ms in 1 MiB slices, 20.3 ms in
@@ -420,14 +436,14 @@ class EscSwinBlock(nn.Module):
     def _forward_all_rows(self, x: torch.Tensor, plan: _WindowPlan) -> torch.Tensor:
         tokens, channels = self.window_size**2, x.shape[-1]
         y = self.norm1(x)
-        keep = plan.keep[self.shift_size]
-        if keep is not None:
-            y.mul_(keep.to(y.dtype))
+        padding = plan.padding[self.shift_size]
+        if padding is not None:  # a few rows: cheaper than multiplying every row by a 0/1 mask
+            y.index_fill_(0, padding, 0.0)
         y, windows = y.view(-1, tokens, channels), x.view(-1, tokens, channels)
         bias = self.attn.position_bias()
         for part, mask in self._mask_parts(plan, windows.shape[0]):
-            windows[part].add_(self.attn.attend(y[part], bias, mask))
-        return x.add_(self.mlp(self.norm2(x)))
+            _add_(windows[part], self.attn.attend(y[part], bias, mask))
+        return _add_(x, self.mlp(self.norm2(x)))
 
     def _mask_parts(self, plan: _WindowPlan, num_windows: int) -> list[tuple[slice, torch.Tensor | None]]:
         """The non-empty runs of windows and their shift masks: only the windows on the cyclic seam have a nonzero
@@ -450,8 +466,8 @@ class EscSwinBlock(nn.Module):
         bias = self.attn.position_bias()
         outs = [self.attn.attend_qkv(qkv[part], bias, mask) for part, mask in self._mask_parts(plan, qkv.shape[0])]
         out = outs[0] if len(outs) == 1 else torch.cat(outs)
-        real_x.add_(_inference_linear(out.view(-1, channels).index_select(0, real), self.attn.proj))
-        real_x.add_(self.mlp(self.norm2(real_x)))
+        _add_(real_x, _inference_linear(out.view(-1, channels).index_select(0, real), self.attn.proj))
+        _add_(real_x, self.mlp(self.norm2(real_x)))
         return x.index_copy_(0, real, real_x)
 
 
@@ -1065,8 +1081,10 @@ class EscModel(EscPreTrainedModel):
         patch embedding, the LayerNorms and the residual stream, the quantizers (projections and codebook search)
         and the inverse STFT stay in float32, so codes are still searched at full precision, but from slightly
         different features: they no longer match float32 exactly (`benchmarks/bench_codec.py` reports the
-        agreement). Casting back does not restore the float32 weights;
-        load the model again for exact outputs. Returns the model.
+        agreement). On the CPU, window attention then runs in a fused kernel of this package, compiled for the
+        machine on the first bf16 call (about 10 s, cached; see `esc_hf.cpu_kernels`), or in aten's attention where
+        it cannot be built. Casting back does not restore the float32 weights; load the model again for exact
+        outputs. Returns the model.
         """
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise ValueError(f"dtype must be a floating point torch.dtype, got {dtype!r}")
@@ -1080,6 +1098,8 @@ class EscModel(EscPreTrainedModel):
         # So does the patch embedding: a convolution over 2 input channels is all memory traffic, and 2x slower
         # in bf16 on the CPU.
         self.encoder.patch_embed.float()
+        if dtype == torch.bfloat16 and self.device.type == "cpu" and _cpu_kernels is not None:
+            _cpu_kernels.enabled()  # builds the CPU kernels now (once per machine) rather than in the first call
         return self
 
     def _resolve_num_streams(self, num_streams: int | None, bandwidth: float | None) -> int:

@@ -87,6 +87,7 @@ def test_bf16_backbone_is_opt_in_and_close(name):
 
 
 def test_bf16_attention_in_float32_slices_equals_one_slice(monkeypatch):
+    monkeypatch.setenv("ESC_HF_CPU_KERNELS", "0")  # the aten path that stands in for the fused kernel
     layer = _layer(scale=None).to(torch.bfloat16)
     for module in layer.modules():
         if isinstance(module, torch.nn.LayerNorm):
