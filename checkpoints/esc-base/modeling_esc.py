@@ -21,7 +21,7 @@ from transformers.utils import ModelOutput
 from .configuration_esc import EscConfig
 
 
-try:  # The package's fused CPU kernel for the bf16 backbone; a remote-code copy without esc_hf installed goes without.
+try:  # The package's CPU kernels for the bf16 backbone; a remote-code copy without esc_hf installed goes without.
     from esc_hf import cpu_kernels as _cpu_kernels
 except ImportError:
     _cpu_kernels = None

@@ -155,15 +155,13 @@ at::Tensor window_attention(const at::Tensor& qkv, const at::Tensor& bias, const
   return out;
 }
 
-
-
 // x += y for the float32 residual stream and a bf16 branch output, in one pass (aten first converts y to a
 // float32 temporary).
 void add_bf16_(const at::Tensor& x, const at::Tensor& y) {
   TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.is_contiguous(),
               "x must be a contiguous float32 CPU tensor");
-  TORCH_CHECK(y.scalar_type() == at::kBFloat16 && y.is_contiguous() && y.numel() == x.numel(),
-              "y must be a contiguous bf16 tensor with as many elements as x");
+  TORCH_CHECK(y.device().is_cpu() && y.scalar_type() == at::kBFloat16 && y.is_contiguous() && y.numel() == x.numel(),
+              "y must be a contiguous bf16 CPU tensor with as many elements as x");
   float* px = x.data_ptr<float>();
   const auto* py = reinterpret_cast<const uint16_t*>(y.data_ptr());
   at::parallel_for(0, x.numel(), 1 << 14, [&](int64_t begin, int64_t end) {
