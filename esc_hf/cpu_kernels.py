@@ -73,6 +73,25 @@ def _load() -> bool:
     return True
 
 
+def _attention_problem(qkv: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None) -> str | None:
+    """What keeps `window_attention` from taking these inputs, or None."""
+    if qkv.dim() != 5 or qkv.shape[1] != 16 or qkv.shape[2] != 3 or not 1 <= qkv.shape[-1] <= 64:
+        return f"qkv must be (windows, 16, 3, heads, head_dim ≤ 64), got {tuple(qkv.shape)}"
+    if qkv.dtype != torch.bfloat16 or qkv.device.type != "cpu":
+        return f"qkv must be a bf16 CPU tensor, got {qkv.dtype} on {qkv.device}"
+    windows, heads = qkv.shape[0], qkv.shape[3]
+    if bias.numel() != heads * 256:
+        return f"bias must be (1, {heads}, 16, 16), got {tuple(bias.shape)}"
+    if mask is not None and mask.numel() != windows * 256:
+        return f"mask must be ({windows}, 1, 16, 16), got {tuple(mask.shape)}"
+    return None
+
+
+def _usable() -> bool:
+    """The kernels have no autograd formula and are opaque to tracing: inference in eager mode only."""
+    return not torch.is_grad_enabled() and not torch.compiler.is_compiling() and enabled()
+
+
 def window_attention(qkv: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
     """Softmax attention inside 16-token windows, bf16 in and out, float32 inside (no autograd: inference only).
 
@@ -85,18 +104,17 @@ def window_attention(qkv: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor |
     Returns:
         `(windows, 16, heads * head_dim)` bf16, tokens in order and heads concatenated on channels.
     """
-    if qkv.dim() != 5 or qkv.shape[1] != 16 or qkv.shape[2] != 3 or not 1 <= qkv.shape[-1] <= 64:
-        raise ValueError(f"qkv must be (windows, 16, 3, heads, head_dim ≤ 64), got {tuple(qkv.shape)}")
-    if qkv.dtype != torch.bfloat16 or qkv.device.type != "cpu":
-        raise ValueError(f"qkv must be a bf16 CPU tensor, got {qkv.dtype} on {qkv.device}")
-    windows, heads = qkv.shape[0], qkv.shape[3]
-    if bias.numel() != heads * 256:
-        raise ValueError(f"bias must be (1, {heads}, 16, 16), got {tuple(bias.shape)}")
-    if mask is not None and mask.numel() != windows * 256:
-        raise ValueError(f"mask must be ({windows}, 1, 16, 16), got {tuple(mask.shape)}")
+    problem = _attention_problem(qkv, bias, mask)
+    if problem:
+        raise ValueError(problem)
     if not enabled():
         raise RuntimeError("the esc_hf CPU kernels are not available here (see the warning logged when building)")
     return torch.ops.esc_hf.window_attention(qkv, bias, mask, scale)
+
+
+def supports_attention(qkv: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None = None) -> bool:
+    """Whether `window_attention` takes these inputs here and now."""
+    return _attention_problem(qkv, bias, mask) is None and _usable()
 
 
 def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -109,24 +127,8 @@ def add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         and x.shape == y.shape
         and x.is_contiguous()
         and y.is_contiguous()
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and enabled()
+        and _usable()
     ):
         torch.ops.esc_hf.add_bf16_(x, y)
         return x
     return x.add_(y)
-
-
-def supports_attention(qkv: torch.Tensor) -> bool:
-    """Whether `window_attention` takes this projected qkv (and the kernels are available)."""
-    return (
-        qkv.device.type == "cpu"
-        and qkv.dtype == torch.bfloat16
-        and qkv.dim() == 5
-        and qkv.shape[1] == 16
-        and qkv.shape[-1] <= 64
-        and not torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-        and enabled()
-    )

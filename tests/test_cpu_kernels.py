@@ -87,12 +87,12 @@ def test_window_attention_rejects_bad_shapes():
 
 @needs_kernels
 def test_kernel_is_for_bf16_inference_only():
-    qkv, _, _ = _inputs(2, 3, 8)
+    qkv, bias, _ = _inputs(2, 3, 8)
     with torch.no_grad():
-        assert cpu_kernels.supports_attention(qkv)
-        assert not cpu_kernels.supports_attention(qkv.float())
-        assert not cpu_kernels.supports_attention(qkv[:, :9])
-    assert not cpu_kernels.supports_attention(qkv)  # no autograd formula: training keeps aten's attention
+        assert cpu_kernels.supports_attention(qkv, bias)
+        assert not cpu_kernels.supports_attention(qkv.float(), bias)
+        assert not cpu_kernels.supports_attention(qkv[:, :9], bias)
+    assert not cpu_kernels.supports_attention(qkv, bias)  # no autograd formula: training keeps aten's attention
 
 
 @needs_kernels

@@ -349,7 +349,7 @@ class EscWindowAttention(nn.Module):
     def attend_qkv(self, qkv: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """`attend` from the projected `qkv` `(B * nW, N, 3, heads, d)`, before the output projection."""
         batch_windows, tokens, _, heads, head_dim = qkv.shape
-        if _cpu_kernels is not None and bias.shape[0] == 1 and _cpu_kernels.supports_attention(qkv):
+        if _cpu_kernels is not None and _cpu_kernels.supports_attention(qkv, bias, mask):
             # 3-4x faster than the float32 slices below: no conversion passes, no per-window overhead.
             return _cpu_kernels.window_attention(qkv, bias, mask, self.scale)
         if qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16:
@@ -1081,9 +1081,9 @@ class EscModel(EscPreTrainedModel):
         patch embedding, the LayerNorms and the residual stream, the quantizers (projections and codebook search)
         and the inverse STFT stay in float32, so codes are still searched at full precision, but from slightly
         different features: they no longer match float32 exactly (`benchmarks/bench_codec.py` reports the
-        agreement). On the CPU, window attention then runs in a fused kernel of this package, compiled for the
-        machine on the first bf16 call (about 10 s, cached; see `esc_hf.cpu_kernels`), or in aten's attention where
-        it cannot be built. Casting back does not restore the float32 weights; load the model again for exact
+        agreement). On the CPU, window attention and the residual adds then run in kernels of this package,
+        compiled for the machine on the first bf16 call (about 10 s, cached; see `esc_hf.cpu_kernels`), or in
+        aten's ops where they cannot be built. Casting back does not restore the float32 weights; load the model again for exact
         outputs. Returns the model.
         """
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
