@@ -36,6 +36,14 @@ _PACKET = struct.Struct("<HH")
 _DROP = struct.Struct("<H")
 _FINAL = 0x8000
 MAX_FRAMES_PER_PACKET = _FINAL - 1
+# Format limits, far above any ESC model (ESC-Base: 16 kHz, 320 samples per frame, 6 × 3 × 10 bits) and low enough
+# that a forged header cannot make a reader allocate much: a packet's size is checked against these before it is read.
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
+MAX_SAMPLES_PER_FRAME = 0x7FFF  # the final packet drops under 2 frames of samples: that must fit its 16 bits
+MAX_STREAMS = 64
+MAX_GROUPS = 64
+MAX_BITS_PER_CODE = 16
+MAX_PACKET_PAYLOAD = 1 << 20  # bytes of codes; ESC-Base (22.5 bytes a frame) stays under it at any frame count
 
 # Every field that decides what a code means or how it is decoded; training-only fields are left out so that
 # changing a loss weight does not orphan files. Never remove a name: old files' fingerprints depend on this list.
@@ -141,7 +149,7 @@ class EscHeader:
             if num_samples < 1:
                 raise ValueError(f"num_samples must be positive, got {num_samples}")
             num_frames = frames_for_samples(model, num_samples)
-        return cls(
+        header = cls(
             sample_rate=config.sampling_rate,
             samples_per_frame=config.samples_per_code_frame,
             num_streams=num_streams,
@@ -153,6 +161,9 @@ class EscHeader:
             num_samples=num_samples,
             num_frames=num_frames,
         )
+        if problems := header._problems():  # never write a stream that the reader would reject
+            raise ValueError("this model's codes do not fit the .esc format: " + "; ".join(problems))
+        return header
 
     # -- derived numbers ----------------------------------------------------------------------------------------
 
@@ -246,15 +257,35 @@ class EscHeader:
 
     def _check(self) -> None:
         """Rejects values no encoder writes (a header can pass its CRC and still be forged or buggy)."""
+        if problems := self._problems():
+            raise CorruptError("the header holds impossible values: " + "; ".join(problems))
+
+    def _problems(self) -> list[str]:
+        """What is out of the format's bounds (see the limits at the top), each named with its value."""
         problems = []
-        if self.sample_rate < 1 or self.samples_per_frame < 1:
-            problems.append(f"sample rate {self.sample_rate} / samples per frame {self.samples_per_frame}")
-        if not 1 <= self.bits_per_code <= 31 or self.num_streams < 1 or self.group_size < 1:
-            problems.append(f"{self.num_streams} streams × {self.group_size} groups × {self.bits_per_code} bits")
+        if not MIN_SAMPLE_RATE <= self.sample_rate <= MAX_SAMPLE_RATE:
+            problems.append(f"sample rate {self.sample_rate} Hz (must be {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE})")
+        if not 1 <= self.samples_per_frame <= MAX_SAMPLES_PER_FRAME:
+            problems.append(
+                f"{self.samples_per_frame} samples per code frame (must be 1 to {MAX_SAMPLES_PER_FRAME})"
+            )
+        if not 1 <= self.num_streams <= MAX_STREAMS:
+            problems.append(f"{self.num_streams} streams (must be 1 to {MAX_STREAMS})")
+        if not 1 <= self.group_size <= MAX_GROUPS:
+            problems.append(f"{self.group_size} codebooks per stream (must be 1 to {MAX_GROUPS})")
+        if not 1 <= self.bits_per_code <= MAX_BITS_PER_CODE:
+            problems.append(f"{self.bits_per_code} bits per code (must be 1 to {MAX_BITS_PER_CODE})")
         if not 1 <= self.frames_per_packet <= MAX_FRAMES_PER_PACKET:
-            problems.append(f"{self.frames_per_packet} frames per packet")
+            problems.append(f"{self.frames_per_packet} frames per packet (must be 1 to {MAX_FRAMES_PER_PACKET})")
+        elif not problems and self.payload_size(self.frames_per_packet) > MAX_PACKET_PAYLOAD:
+            problems.append(
+                f"packets of {self.frames_per_packet} frames × {self.bits_per_frame} bits = "
+                f"{self.payload_size(self.frames_per_packet):,} bytes (must be at most {MAX_PACKET_PAYLOAD:,})"
+            )
         if (self.num_samples is None) != (self.num_frames is None):
             problems.append("the sample count and frame count must both be known or both unknown")
+        elif self.num_samples is not None and self.num_samples < 1:
+            problems.append(f"{self.num_samples} samples (a stream holds at least one)")
         elif self.num_samples is not None and not (
             self.num_frames >= 1
             and (self.num_frames - 2) * self.samples_per_frame
@@ -262,14 +293,31 @@ class EscHeader:
             <= self.num_frames * self.samples_per_frame
         ):
             problems.append(f"{self.num_samples} samples do not fit {self.num_frames} code frames")
-        if problems:
-            raise CorruptError("the header holds impossible values: " + "; ".join(problems))
+        return problems
 
     # -- models -------------------------------------------------------------------------------------------------
 
     def check_model(self, model) -> None:
-        """Raises `ModelMismatchError` unless `model` is the model these codes were made with."""
+        """Raises `ModelMismatchError` unless `model` is the model these codes were made with, and `CorruptError`
+        if the header's length contradicts how that model frames audio."""
         config = model.config
+        # A forged or buggy header keeps the right fingerprints, so every field that shapes the decoding is
+        # compared too; this also names the difference when a file comes from another model.
+        for name, ours, its in (
+            ("sample rate", self.sample_rate, config.sampling_rate),
+            ("samples per code frame", self.samples_per_frame, config.samples_per_code_frame),
+            ("codebooks per stream", self.group_size, config.group_size),
+            ("bits per code", self.bits_per_code, config.bits_per_codebook),
+        ):
+            if ours != its:
+                raise ModelMismatchError(
+                    f"the stream's {name} is {ours}, this model's is {its}: decode it with the model that encoded it"
+                )
+        if self.num_streams > config.num_streams:
+            raise ModelMismatchError(
+                f"the stream has {self.num_streams} streams, this model at most {config.num_streams}: decode it "
+                "with the model that encoded it"
+            )
         if self.config_fingerprint != config_fingerprint(config):
             raise ModelMismatchError(
                 f"the stream was encoded by a model with another configuration (config fingerprint "
@@ -282,8 +330,12 @@ class EscHeader:
                 f"architecture (codebook fingerprint {self.codebook_fingerprint.hex()}, this model's is "
                 f"{codebook_fingerprint(model).hex()}): decode it with the model that encoded it"
             )
-        if self.num_streams > config.num_streams:  # unreachable after the config check, unless fingerprints collide
-            raise ModelMismatchError(f"the stream has {self.num_streams} streams; this model has {config.num_streams}")
+        expected = None if self.num_samples is None else frames_for_samples(model, self.num_samples)
+        if expected is not None and self.num_frames != expected:
+            raise CorruptError(
+                f"the header says {self.num_samples} samples in {self.num_frames} code frames; this model makes "
+                f"{expected} code frames of {self.num_samples} samples"
+            )
 
 
 def frames_for_samples(model, num_samples: int) -> int:
@@ -343,6 +395,8 @@ class PacketWriter:
     """Turns code frames into packets, numbering them in order."""
 
     def __init__(self, header: EscHeader):
+        if problems := header._problems():  # never write a stream that the reader would reject
+            raise ValueError("the header is outside the .esc format: " + "; ".join(problems))
         self.header = header
         self.sequence = 0
         self._seed = header.crc_seed
@@ -352,8 +406,11 @@ class PacketWriter:
         its frames decode to lie past the end of the audio (`drop`)."""
         codes = _as_code_array(codes, self.header)
         frames = codes.shape[-1]
-        if not 1 <= frames <= MAX_FRAMES_PER_PACKET:
-            raise ValueError(f"a packet holds 1 to {MAX_FRAMES_PER_PACKET} code frames, got {frames}")
+        if not 1 <= frames <= self.header.frames_per_packet:
+            raise ValueError(
+                f"a packet holds 1 to {self.header.frames_per_packet} code frames (the header's frames per packet), "
+                f"got {frames}"
+            )
         if not 0 <= drop <= 0xFFFF:
             raise ValueError(f"drop must fit 16 bits, got {drop}")
         head = _PACKET.pack(self.sequence & 0xFFFF, frames | (_FINAL if final else 0))
@@ -374,10 +431,13 @@ class Packet:
 
 
 class PacketReader:
-    """Parses packets of one stream in order, checking each CRC, the numbering and the end of the stream."""
+    """Parses packets of one stream in order, checking each CRC, the numbering and the end of the stream. With
+    `model`, the final packet's length is also checked against how `model` frames audio."""
 
-    def __init__(self, header: EscHeader):
+    def __init__(self, header: EscHeader, model=None):
+        header._check()  # packet sizes are computed from its fields
         self.header = header
+        self.model = model
         self.sequence = 0
         self.frames = 0
         self.finished = False
@@ -386,6 +446,13 @@ class PacketReader:
 
     def _where(self) -> str:
         return f"packet {self.sequence} (code frame {self.frames})"
+
+    def _check_frame_count(self, frames: int) -> None:
+        if not 1 <= frames <= self.header.frames_per_packet:
+            raise CorruptError(
+                f"{self._where()} claims {frames} code frames; the header allows 1 to "
+                f"{self.header.frames_per_packet} per packet (the packet or its frame count is corrupt)"
+            )
 
     def read(self, handle: BinaryIO) -> Packet | None:
         """The next packet from a binary file object; None at a clean end of the data after the final packet."""
@@ -399,6 +466,8 @@ class PacketReader:
         if len(head) < _PACKET.size:
             raise TruncatedError(f"{self._where()} is cut off in its header")
         _, count = _PACKET.unpack(head)
+        # Checked before it sizes the read: the header's limits then bound every read (MAX_PACKET_PAYLOAD).
+        self._check_frame_count(count & ~_FINAL)
         size = (_DROP.size if count & _FINAL else 0) + self.header.payload_size(count & ~_FINAL) + _CRC.size
         tail = handle.read(size)
         if len(tail) < size:
@@ -417,9 +486,10 @@ class PacketReader:
             raise CorruptError(f"{self._where()} is corrupt (CRC mismatch), or belongs to another stream")
         sequence, count = _PACKET.unpack_from(data)
         final, frames = bool(count & _FINAL), count & ~_FINAL
+        self._check_frame_count(frames)
         offset = _PACKET.size + (_DROP.size if final else 0)
         payload = self.header.payload_size(frames)
-        if frames < 1 or len(data) != offset + payload + _CRC.size:
+        if len(data) != offset + payload + _CRC.size:
             raise CorruptError(f"{self._where()} has a frame count ({frames}) that does not match its size")
         if sequence != self.sequence & 0xFFFF:
             raise CorruptError(
@@ -441,13 +511,23 @@ class PacketReader:
             )
         if final:
             self.finished = True
-            self.num_samples = samples = self.frames * header.samples_per_frame - drop
-            if not (self.frames - 2) * header.samples_per_frame < samples <= self.frames * header.samples_per_frame:
-                raise CorruptError(f"the final packet drops {drop} samples, impossible for {self.frames} frames")
+            samples = self.frames * header.samples_per_frame - drop
+            # At least one sample (an empty stream is refused), and less than 2 frames' worth dropped.
+            if samples < 1 or samples <= (self.frames - 2) * header.samples_per_frame:
+                raise CorruptError(
+                    f"the final packet drops {drop} samples, impossible for {self.frames} code frames (it would "
+                    f"leave {samples} samples)"
+                )
             if header.num_samples is not None and samples != header.num_samples:
                 raise CorruptError(
                     f"the final packet gives {samples} samples but the header says {header.num_samples}"
                 )
+            if self.model is not None and (expected := frames_for_samples(self.model, samples)) != self.frames:
+                raise CorruptError(
+                    f"the final packet drops {drop} samples, leaving {samples}: this model makes {expected} code "
+                    f"frames of {samples} samples, not {self.frames}"
+                )
+            self.num_samples = samples
         return Packet(sequence, codes, final, drop, len(data))
 
 
@@ -482,7 +562,7 @@ def unpack(data: bytes, model=None) -> tuple[torch.LongTensor, EscHeader]:
         header.check_model(model)
     handle = io.BytesIO(data)
     handle.seek(HEADER_SIZE)
-    reader = PacketReader(header)
+    reader = PacketReader(header, model)
     chunks = []
     while (packet := reader.read(handle)) is not None:
         chunks.append(packet.codes)

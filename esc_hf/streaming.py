@@ -392,7 +392,7 @@ class EscStreamingDecoder:
     def __init__(self, model, header, chunk_frames: int = STREAM_CHUNK_FRAMES):
         self.header_info = header if isinstance(header, EscHeader) else EscHeader.from_bytes(header)
         self.header_info.check_model(model)
-        self._reader = PacketReader(self.header_info)
+        self._reader = PacketReader(self.header_info, model)
         self._decoder = ChunkedDecoder(model, ChunkPlan.for_model(model, chunk_frames))
         self.num_samples = None  # known after the final packet
 
@@ -458,12 +458,16 @@ def read_header(path: str | Path) -> EscHeader:
         return EscHeader.from_bytes(handle.read(HEADER_SIZE))
 
 
-def iter_packets(path: str | Path, header: EscHeader | None = None):
-    """The header, then every checked `Packet` of an `.esc` file, read one at a time."""
+def iter_packets(path: str | Path, header: EscHeader | None = None, model=None):
+    """The header, then every checked `Packet` of an `.esc` file, read one at a time. With `model`, the header
+    and the final packet's length are also checked against it (`EscHeader.check_model`)."""
     with open(path, "rb") as handle:
         found = EscHeader.from_bytes(handle.read(HEADER_SIZE))
+        used = found if header is None else header
+        if model is not None:
+            used.check_model(model)
         yield found
-        reader = PacketReader(found if header is None else header)
+        reader = PacketReader(used, model)
         while (packet := reader.read(handle)) is not None:
             yield packet
 
@@ -471,9 +475,8 @@ def iter_packets(path: str | Path, header: EscHeader | None = None):
 def decode_file(model, path: str | Path, chunk_frames: int = FILE_CHUNK_FRAMES):
     """Yields the header, then blocks of decoded float32 samples of an `.esc` file, in bounded memory. Every
     check of the stream happens before the samples that depend on it are yielded."""
-    packets = iter_packets(path)
+    packets = iter_packets(path, model=model)
     header = next(packets)
-    header.check_model(model)
     yield header
     decoder = ChunkedDecoder(model, ChunkPlan.for_model(model, chunk_frames))
     for packet in packets:

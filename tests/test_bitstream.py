@@ -1,4 +1,7 @@
 import copy
+import dataclasses
+import io
+import math
 import struct
 import zlib
 
@@ -7,10 +10,16 @@ import pytest
 import soundfile as sf
 import torch
 from conftest import SPEECH
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from esc_hf import EscConfig, EscModel
 from esc_hf.bitstream import (
     HEADER_SIZE,
+    MAX_BITS_PER_CODE,
+    MAX_GROUPS,
+    MAX_PACKET_PAYLOAD,
+    MAX_STREAMS,
     BitstreamError,
     CorruptError,
     EscHeader,
@@ -19,10 +28,12 @@ from esc_hf.bitstream import (
     PacketReader,
     PacketWriter,
     TruncatedError,
+    frames_for_samples,
     pack,
     unpack,
 )
-from esc_hf.cli import load_model
+from esc_hf.cli import load_model, main
+from esc_hf.streaming import EscStreamingDecoder, EscStreamingEncoder, decode_file, encode_file
 
 
 @pytest.fixture(scope="module")
@@ -167,4 +178,305 @@ def test_bad_codes_are_rejected(model, small_stream):
             pack(bad, header)
     with pytest.raises(ValueError, match="number of samples"):
         pack(codes, EscHeader.for_model(model, 2))
-    assert not issubclass(BitstreamError, RuntimeError) and issubclass(BitstreamError, ValueError)
+    with pytest.raises(ValueError, match="1 to 4 code frames .the header's frames per packet., got 5"):
+        PacketWriter(header).packet(codes[0, ..., :5])  # a reader would refuse it
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Headers that pass their CRC but not the model, the format's bounds, or the other fields
+
+
+def _live(header):
+    """The same stream with a live stream's header: its packets (CRC-seeded with bytes 0 … 31) fit both."""
+    return dataclasses.replace(header, num_samples=None, num_frames=None)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"samples_per_frame": 160, "num_samples": 2400}, "samples per code frame is 160, this model's is 320"),
+        ({"sample_rate": 8000}, "sample rate is 8000, this model's is 16000"),
+        ({"group_size": 2}, "codebooks per stream is 2, this model's is 3"),
+        ({"bits_per_code": 6}, "bits per code is 6, this model's is 10"),
+        ({"num_streams": 7}, "7 streams, this model at most 6"),
+    ],
+)
+def test_every_field_is_checked_against_the_model(model, small_stream, tmp_path, change, message):
+    """A forger (or a buggy encoder) keeps the fingerprints: the fields themselves must match the model."""
+    _, _, header = small_stream
+    forged = dataclasses.replace(header, **change)
+    shaped = torch.randint(0, forged.codebook_size, (1, forged.num_streams, forged.group_size, forged.num_frames))
+    data = pack(shaped, forged)
+    assert unpack(data)[1] == forged  # well-formed: only the model can tell
+    with pytest.raises(ModelMismatchError, match=message):
+        unpack(data, model)
+    (tmp_path / "forged.esc").write_bytes(data)
+    with pytest.raises(ModelMismatchError, match=message):
+        next(decode_file(model, tmp_path / "forged.esc"))  # `esc decode` gave half the audio at 160
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sample_rate": 1}, "sample rate 1 Hz"),
+        ({"sample_rate": 2**32 - 1}, "sample rate 4294967295 Hz"),
+        ({"samples_per_frame": 0}, "0 samples per code frame"),
+        ({"bits_per_code": 31}, "31 bits per code"),
+        ({"bits_per_code": 17}, "17 bits per code"),
+        ({"num_streams": 65}, "65 streams"),
+        ({"group_size": 255}, "255 codebooks per stream"),
+        ({"num_streams": 255, "group_size": 255, "bits_per_code": 31, "frames_per_packet": 32767}, "255 streams"),
+        (
+            {"num_streams": MAX_STREAMS, "group_size": MAX_GROUPS, "bits_per_code": MAX_BITS_PER_CODE,
+             "frames_per_packet": 129},
+            "packets of 129 frames × 65536 bits = 1,056,768 bytes",
+        ),  # fmt: skip
+        ({"num_samples": 0, "num_frames": 1}, "0 samples"),
+        ({"num_samples": 4800, "num_frames": None}, "must both be known or both unknown"),
+    ],
+)
+def test_impossible_header_values_are_named(small_stream, change, message):
+    data, _, header = small_stream
+    forged = dataclasses.replace(header, **change)
+    with pytest.raises(CorruptError, match="the header holds impossible values: .*" + message):
+        unpack(forged.to_bytes() + data[HEADER_SIZE:])
+    with pytest.raises(ValueError, match=message):  # and no writer makes one
+        PacketWriter(forged)
+
+
+def test_the_largest_packet_the_format_allows_is_1_mib(small_stream):
+    _, _, header = small_stream
+    largest = dataclasses.replace(
+        _live(header), num_streams=MAX_STREAMS, group_size=MAX_GROUPS, bits_per_code=MAX_BITS_PER_CODE,
+        frames_per_packet=128,
+    )  # fmt: skip
+    assert largest.payload_size(largest.frames_per_packet) == MAX_PACKET_PAYLOAD == 2**20
+    assert EscHeader.from_bytes(largest.to_bytes()) == largest
+
+
+class _LargestRead(io.BytesIO):
+    """A file that records the largest read asked of it."""
+
+    largest = 0
+
+    def read(self, size=-1):
+        self.largest = max(self.largest, len(self.getbuffer()) if size is None or size < 0 else size)
+        return super().read(size)
+
+
+def test_no_read_is_sized_by_an_unchecked_frame_count(small_stream):
+    """`esc info` asked for 8.26 GB (255 × 255 × 31 bits × 32,767 frames): now the header's bounds cap a packet
+    at 1 MiB, and a frame count beyond the header's frames per packet is refused before the packet is read."""
+    _, _, header = small_stream
+    big = dataclasses.replace(
+        _live(header), num_streams=MAX_STREAMS, group_size=MAX_GROUPS, bits_per_code=MAX_BITS_PER_CODE,
+        frames_per_packet=128,
+    )  # fmt: skip
+    for count in (0x7FFF, 0xFFFF, 129, 0x8000):  # 0x8000: a final packet of 0 frames
+        handle = _LargestRead(struct.pack("<HH", 0, count) + bytes(4096))
+        with pytest.raises(CorruptError, match=rf"packet 0 \(code frame 0\) claims {count & 0x7FFF} code frames"):
+            PacketReader(big).read(handle)
+        assert handle.largest == 4, "only the packet's own header was read"
+    # A whole packet given to `parse` (streaming) is held to the same count, however it got its CRC right.
+    body = struct.pack("<HH", 0, 5) + bytes(header.payload_size(5))
+    with pytest.raises(CorruptError, match="claims 5 code frames; the header allows 1 to 4 per packet"):
+        PacketReader(header).parse(body + struct.pack("<I", zlib.crc32(body, header.crc_seed)))
+    with pytest.raises(CorruptError, match="31 bits per code"):  # nor is a packet sized by an unchecked header
+        PacketReader(dataclasses.replace(big, bits_per_code=31))
+
+
+def test_a_model_whose_codes_do_not_fit_the_format_cannot_write():
+    wide = EscModel(EscConfig(codebook_size=2**17, codebook_dims=[1] * 6))
+    with pytest.raises(ValueError, match="do not fit the .esc format: 17 bits per code"):
+        EscHeader.for_model(wide, 1, 16000)
+
+
+def test_the_final_packet_must_leave_at_least_one_sample(model, small_stream):
+    _, codes, header = small_stream
+    live = _live(header)
+    for drop, left in [(400, -80), (320, 0)]:  # one code frame holds 320 samples
+        packet = PacketWriter(live).packet(codes[0, ..., :1], final=True, drop=drop)
+        with pytest.raises(CorruptError, match=rf"drops {drop} samples, impossible for 1 code frames .* {left} samp"):
+            unpack(live.to_bytes() + packet)
+    packet = PacketWriter(live).packet(codes[0, ..., :1], final=True, drop=319)
+    assert unpack(live.to_bytes() + packet)[1].num_samples == 1
+
+
+def test_the_length_must_be_how_the_model_frames_audio(model, small_stream, tmp_path):
+    """One code frame of ESC-Base decodes to 240 samples: 310 samples are 2 frames. Without the model only the
+    format's bounds apply; with it, the decoders said "cannot give 310 samples" (not a BitstreamError)."""
+    _, codes, header = small_stream
+    live = _live(header)
+    packet = PacketWriter(live).packet(codes[0, ..., :1], final=True, drop=10)
+    assert unpack(live.to_bytes() + packet)[1].num_samples == 310
+    with pytest.raises(CorruptError, match="leaving 310: this model makes 2 code frames of 310 samples, not 1"):
+        unpack(live.to_bytes() + packet, model)
+    with pytest.raises(CorruptError, match="this model makes 2 code frames"):
+        EscStreamingDecoder(model, live.to_bytes()).push(packet)
+    (tmp_path / "live.esc").write_bytes(live.to_bytes() + packet)
+    with pytest.raises(CorruptError, match="this model makes 2 code frames"):
+        list(decode_file(model, tmp_path / "live.esc"))
+    known = dataclasses.replace(header, num_samples=310, num_frames=1)
+    with pytest.raises(CorruptError, match="310 samples in 1 code frames; this model makes 2"):
+        unpack(known.to_bytes() + packet, model)
+    fits = PacketWriter(live).packet(codes[0, ..., :1], final=True, drop=80)
+    assert unpack(live.to_bytes() + fits, model)[1].num_samples == 240
+
+
+def test_an_empty_stream_is_never_written_and_never_read(model, small_stream, tmp_path, capsys):
+    """The decision (docs/bitstream.md): a stream holds at least one sample."""
+    _, codes, header = small_stream
+    with pytest.raises(ValueError, match="no audio"):
+        EscStreamingEncoder(model, num_streams=2).flush()
+    for blocks in ([], [np.zeros(0, dtype=np.float32)]):
+        with pytest.raises(ValueError, match="no audio"):
+            encode_file(model, blocks, tmp_path / "empty.esc", 2)
+        assert not (tmp_path / "empty.esc").exists()
+    with pytest.raises(ValueError, match="num_samples must be positive"):
+        EscHeader.for_model(model, 2, 0)
+
+    # Forged: the final packet of one frame drops all 320 samples, and the header agrees.
+    packet = PacketWriter(_live(header)).packet(codes[0, ..., :1], final=True, drop=320)
+    empty = dataclasses.replace(header, num_samples=0, num_frames=1).to_bytes() + packet
+    with pytest.raises(CorruptError, match="0 samples .a stream holds at least one"):
+        unpack(empty)
+    (tmp_path / "empty.esc").write_bytes(empty)
+    path = str(tmp_path / "empty.esc")
+    for args in (["info", path], ["decode", path, str(tmp_path / "out.wav")]):
+        # `info` divided by zero; `decode` wrote a WAV of 0 samples and exited with 0
+        assert main(args) == 1
+        assert "0 samples (a stream holds at least one)" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Fuzzing: whatever the bytes, `unpack` gives codes that mean something, or a BitstreamError
+
+
+FUZZ = settings(
+    max_examples=150,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+
+
+def _decodes_or_says_why(data: bytes, model=None) -> bool:
+    """Whether `unpack` decoded `data`; fails the test unless it gave in-range codes of the header's shape or
+    raised a `BitstreamError` (caught as `ValueError`, as `esc` does) with a message."""
+    try:
+        codes, header = unpack(data, model)
+    except ValueError as error:
+        assert isinstance(error, BitstreamError) and str(error), repr(error)
+        return False
+    assert codes.dtype == torch.int64
+    assert tuple(codes.shape) == (1, header.num_streams, header.group_size, header.num_frames)
+    assert 0 <= int(codes.min()) and int(codes.max()) < header.codebook_size
+    assert header.num_samples >= 1 and header.bits_per_code <= MAX_BITS_PER_CODE
+    if model is not None:
+        config = model.config
+        assert (header.sample_rate, header.samples_per_frame, header.group_size, header.bits_per_code) == (
+            config.sampling_rate,
+            config.samples_per_code_frame,
+            config.group_size,
+            config.bits_per_codebook,
+        )
+        assert header.num_streams <= config.num_streams
+        assert frames_for_samples(model, header.num_samples) == header.num_frames
+    return True
+
+
+_EDITS = st.lists(
+    st.tuples(
+        st.sampled_from(["overwrite", "insert", "delete", "cut"]),
+        st.integers(0, 2**16),
+        st.binary(min_size=1, max_size=4),
+    ),
+    min_size=1,
+    max_size=4,
+)
+
+
+@FUZZ
+@given(edits=_EDITS)
+def test_fuzz_damaged_bytes(model, small_stream, edits):
+    data = bytearray(small_stream[0])
+    for kind, at, chunk in edits:
+        at %= len(data) + 1
+        if kind == "overwrite":
+            data[at : at + len(chunk)] = chunk
+        elif kind == "insert":
+            data[at:at] = chunk
+        elif kind == "delete":
+            del data[at : at + len(chunk)]
+        else:
+            del data[at:]
+    for with_model in (None, model):
+        _decodes_or_says_why(bytes(data), with_model)
+
+
+_FIELD_RANGES = {
+    "sample_rate": 2**32 - 1,
+    "samples_per_frame": 2**16 - 1,
+    "num_streams": 255,
+    "group_size": 255,
+    "bits_per_code": 255,
+    "frames_per_packet": 2**16 - 1,
+}
+
+
+@st.composite
+def _forged_streams(draw, header: EscHeader) -> bytes:
+    """A header with any field values, some of them the real ones, and packets with any contents; every CRC right."""
+    fields = {}
+    for name in draw(st.sets(st.sampled_from(sorted(_FIELD_RANGES)), max_size=3)):
+        real = getattr(header, name)
+        fields[name] = draw(st.one_of(st.integers(0, _FIELD_RANGES[name]), st.integers(max(0, real - 2), real + 2)))
+    lengths = draw(
+        st.one_of(
+            st.just((header.num_samples, header.num_frames)),
+            st.just((None, None)),
+            st.tuples(st.integers(0, 6000), st.integers(0, 20)),
+            st.tuples(
+                st.one_of(st.none(), st.integers(0, 2**64 - 2)), st.one_of(st.none(), st.integers(0, 2**32 - 2))
+            ),
+        )
+    )
+    forged = dataclasses.replace(header, **fields, num_samples=lengths[0], num_frames=lengths[1])
+
+    # By default the real stream's packets (4 × 4 frames, 320 samples dropped), each possibly altered.
+    plan = [(i, 4, i == 3, 320 if i == 3 else 0) for i in range(4)]
+    plan = plan[: draw(st.integers(1, 4))] if draw(st.booleans()) else plan
+    parts = [forged.to_bytes()]
+    for sequence, frames, final, drop in plan:
+        altered = draw(st.sets(st.sampled_from(["sequence", "frames", "final", "drop", "size"]), max_size=2))
+        if "sequence" in altered:
+            sequence = draw(st.integers(0, 2**16 - 1))
+        if "frames" in altered:
+            frames = draw(st.one_of(st.integers(0, 8), st.integers(0, 2**15 - 1)))
+        if "final" in altered:
+            final = not final
+        if "drop" in altered:
+            drop = draw(st.one_of(st.integers(0, 700), st.integers(0, 2**16 - 1)))
+        size = math.ceil(frames * forged.bits_per_frame / 8)
+        if "size" in altered or size > 4096:
+            size = draw(st.integers(0, 64))
+        body = struct.pack("<HH", sequence, frames | (0x8000 if final else 0))
+        body += struct.pack("<H", drop) if final else b""
+        body += draw(st.binary(min_size=size, max_size=size))
+        parts.append(body + struct.pack("<I", zlib.crc32(body, forged.crc_seed)))
+    return b"".join(parts)
+
+
+def test_fuzz_forged_streams(model, small_stream):
+    header = small_stream[2]
+    decoded = []
+
+    @FUZZ
+    @given(data=_forged_streams(header))
+    def check(data):
+        decoded.append([_decodes_or_says_why(data, with_model) for with_model in (None, model)])
+
+    check()
+    assert any(without for without, _ in decoded) and any(with_model for _, with_model in decoded), (
+        "the forged streams must also include valid ones"
+    )
