@@ -69,8 +69,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     import torch
 
-    from esc_hf import EscModel
-    from esc_hf.cli import DEFAULT_MODEL
+    from esc_hf import DEFAULT_MODEL, EscModel
 
     torch.set_num_threads(args.threads)
     model = EscModel.from_pretrained(args.model or DEFAULT_MODEL).eval()

@@ -60,7 +60,7 @@ def run(
 ) -> tuple[list[dict], dict[str, str]]:
     """Runs the comparison; returns the summary and the codecs skipped, with why. `label` names the checkpoint in
     the outputs (default: `model_name`)."""
-    from esc_hf.cli import load_model
+    from esc_hf import load_model
 
     model = load_model(model_name)
     checkpoint = describe_model(model, label or model_name)

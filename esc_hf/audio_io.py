@@ -11,7 +11,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .io_utils import atomic_file
+from .io_utils import atomic_path
 
 BLOCK_SECONDS = 10.0
 _READ_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
@@ -95,28 +95,40 @@ class AudioSink:
 
     Samples beyond ±1 are clipped (integer formats would wrap them); `clipped` counts them."""
 
-    def __init__(self, handle, path: Path, sampling_rate: int):
-        self._file = sf.SoundFile(handle, "w", samplerate=sampling_rate, channels=1, format=_format(path))
+    def __init__(self, file: Path, path: Path, sampling_rate: int):
+        # By file name, not a Python file object: libsndfile then reports a failed write (a full disk) as one
+        # error, where a file object's cffi callbacks print a traceback per failed call.
+        self._path = path
+        self._file = sf.SoundFile(str(file), "w", samplerate=sampling_rate, channels=1, format=_format(path))
         self.clipped = 0
         self.samples = 0
 
     def write(self, audio: np.ndarray) -> None:
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         self.clipped += int(np.count_nonzero(np.abs(audio) > 1.0))
-        self._file.write(np.clip(audio, -1.0, 1.0))
+        try:
+            self._file.write(np.clip(audio, -1.0, 1.0))
+        except sf.LibsndfileError as error:  # a full disk or a quota: an OSError like any other failed write
+            raise OSError(f"cannot write {self._path}: {error}") from None
         self.samples += audio.size
+
+    def close(self) -> None:
+        try:
+            self._file.close()
+        except sf.LibsndfileError as error:
+            raise OSError(f"cannot write {self._path}: {error}") from None
 
 
 @contextlib.contextmanager
 def open_audio_sink(path: str | Path, sampling_rate: int = 16000):
     path = Path(path)
     _format(path)
-    with atomic_file(path) as handle:
-        sink = AudioSink(handle, path, sampling_rate)
+    with atomic_path(path) as tmp:
+        sink = AudioSink(tmp, path, sampling_rate)
         try:
             yield sink
         finally:
-            sink._file.close()
+            sink.close()
 
 
 def save_audio(path: str | Path, audio: np.ndarray, sampling_rate: int = 16000) -> None:

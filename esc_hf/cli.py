@@ -1,40 +1,36 @@
 """The `esc` command line (also `python -m esc_hf`): encode, decode, info, roundtrip, report.
 
 Files of any length are processed in chunks (esc_hf.streaming), so memory does not grow with their length.
-Every expected failure (missing or unreadable file, unsupported bitrate, corrupt `.esc`, wrong model) is one
-line on stderr and exit code 1.
+Every expected failure (missing or unreadable file, unsupported bitrate, corrupt `.esc`, wrong model, a full
+disk) is one line on stderr and exit code 1. torch, transformers and the audio libraries are imported inside the
+verbs, so that `esc --help` and argument errors answer at once.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from .audio_io import AudioFileError, AudioSource, open_audio_sink
-from .bitstream import VERSION, BitstreamError, ModelMismatchError, codebook_fingerprint, config_fingerprint
+from .loading import DEFAULT_MODEL, load_model  # noqa: F401 - DEFAULT_MODEL: old import path, kept for a release
 
-DEFAULT_MODEL = Path(__file__).with_name("default_model")
 PROGRESS_SECONDS = 30.0  # files at least this long get a progress bar (on a terminal)
 
 
-def load_model(name: str | None):
-    """The model in folder or Hub id `name`, or the packaged default."""
-    from transformers import AutoModel
-    from transformers.utils import logging as hf_logging
-
-    from . import EscModel  # noqa: F401 - registers "esc" with the Auto classes
-
-    hf_logging.disable_progress_bar()
-    try:
-        return AutoModel.from_pretrained(str(name or DEFAULT_MODEL)).eval()
-    except OSError as error:
-        raise ValueError(f"cannot load model {name!r}: {error}") from error
+def _check_output(args) -> None:
+    """Refuses an output that is the input file itself (under any name, or a hard link): writing it would replace
+    the very file being read."""
+    source, target = Path(args.input), Path(args.output)
+    if source.exists() and target.exists() and os.path.samefile(source, target):
+        raise ValueError(f"the output {target} is the input file; choose another output name")
 
 
 def _model_name(args) -> str:
     return args.model or "the packaged default model"
 
 
-def _open_source(args, model) -> AudioSource:
+def _open_source(args, model):
+    from .audio_io import AudioSource
+
     source = AudioSource(args.input, model.config.sampling_rate)
     for note in source.notes:
         print(f"note: {note}", file=sys.stderr)
@@ -73,7 +69,7 @@ def _progress(total_seconds: float, description: str):
     )
 
 
-def _blocks_with_progress(source: AudioSource, bar):
+def _blocks_with_progress(source, bar):
     for block in source.blocks():
         yield block
         if bar is not None:
@@ -83,6 +79,7 @@ def _blocks_with_progress(source: AudioSource, bar):
 def encode(args) -> None:
     from .streaming import encode_file
 
+    _check_output(args)
     model = load_model(args.model)
     num_streams, kbps = _num_streams(model, args.kbps)
     source = _open_source(args, model)
@@ -128,9 +125,13 @@ def _note_clipping(sink) -> None:
 
 
 def decode(args) -> None:
-    model = load_model(args.model)
+    from .audio_io import open_audio_sink
+    from .bitstream import BitstreamError, ModelMismatchError
+
     if not Path(args.input).is_file():
         raise OSError(f"no such file: {args.input}")
+    _check_output(args)
+    model = load_model(args.model)
     with open_audio_sink(args.output, model.config.sampling_rate) as sink:
         try:
             header = _decode_to(model, args.input, sink, _chunk_frames(model, args))
@@ -143,6 +144,7 @@ def decode(args) -> None:
 
 
 def info(args) -> None:
+    from .bitstream import VERSION, BitstreamError, ModelMismatchError
     from .streaming import iter_packets
 
     path = Path(args.input)
@@ -163,11 +165,18 @@ def info(args) -> None:
         for start in range(0, frames, header.frames_per_packet)
     )
     nominal = header.kbps * 1000 * header.duration / 8
-    model = load_model(args.model)
-    matches = (header.config_fingerprint, header.codebook_fingerprint) == (
-        config_fingerprint(model.config),
-        codebook_fingerprint(model),
+    # The reader refuses empty streams; this line must not divide by zero even so.
+    overhead = (
+        f"{(size - nominal) / nominal:+.2%} over the nominal {nominal:,.0f} bytes" if nominal > 0 else "no audio"
     )
+    model = load_model(args.model)
+    try:
+        header.check_model(model)  # the fields as well as the fingerprints: a forged header keeps the fingerprints
+        matches = True
+    except ModelMismatchError:
+        matches = False
+    except BitstreamError as error:
+        raise type(error)(f"{path}: {error}") from None
     rows = [
         ("file", f"{path} ({size:,} bytes)"),
         ("format", f"ESC bitstream version {VERSION}"),
@@ -180,13 +189,7 @@ def info(args) -> None:
             ),
         ),
         ("packets", f"{count:,} of up to {header.frames_per_packet} frames, every CRC correct"),
-        (
-            "size",
-            (
-                f"{payload:,} bytes of codes + {size - payload:,} of header and framing; "
-                f"{(size - nominal) / nominal:+.2%} over the nominal {nominal:,.0f} bytes"
-            ),
-        ),
+        ("size", f"{payload:,} bytes of codes + {size - payload:,} of header and framing; {overhead}"),
         (
             "model",
             (
@@ -200,8 +203,10 @@ def info(args) -> None:
 
 
 def roundtrip(args) -> None:
+    from .audio_io import open_audio_sink
     from .streaming import ChunkedDecoder, ChunkedEncoder, ChunkPlan
 
+    _check_output(args)
     model = load_model(args.model)
     num_streams, kbps = _num_streams(model, args.kbps)
     plan = ChunkPlan.for_model(model, _chunk_frames(model, args))
@@ -227,6 +232,10 @@ def roundtrip(args) -> None:
 
 def report(args) -> None:
     from .report import make_report
+
+    clips, out = Path(args.input).resolve(), Path(args.output).resolve()
+    if out == clips or out in clips.parents:
+        raise ValueError(f"the report folder {args.output} would replace the clips' folder {args.input}")
 
     kbps = tuple(_parse_list(args.kbps, float, "--kbps")) if args.kbps else None
     codecs = tuple(_parse_list(args.codecs, str, "--codecs")) if args.codecs is not None else None
@@ -271,15 +280,16 @@ def _add_verb(verbs, name: str, func, help: str, description: str, input_help: s
     return verb
 
 
-AUDIO_IN_HELP = "audio file (wav, flac, ogg; any rate, mono or multichannel)"
+AUDIO_IN_HELP = "audio file (wav, flac, ogg/opus, mp3; any rate, mono or multichannel)"
 AUDIO_OUT_HELP = "audio file to write (.wav, .flac or .ogg)"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="esc",
-        description="ESC speech codec: 16 kHz speech at 1.5–9 kbps. Audio in: wav, flac, ogg (any rate, any "
-        "channels: resampled and mixed to mono). Long files are processed in chunks, in bounded memory.",
+        description="ESC speech codec: 16 kHz speech at 1.5–9 kbps. Audio in: wav, flac, ogg/opus, mp3 (any rate, "
+        "any channels: resampled and mixed to mono). Long files are processed in chunks, in bounded memory. "
+        f"Without --model, the packaged model is used ({DEFAULT_MODEL.resolve().name}).",
     )
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="{encode,decode,info,roundtrip,report}")
     _add_verb(verbs, "encode", encode, "compress an audio file to an .esc file",
@@ -309,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (AudioFileError, ValueError, OSError) as error:
+    except (ValueError, OSError) as error:  # AudioFileError, BitstreamError and ModelLoadError are ValueErrors
         message = " ".join(str(error).split())  # one line, whatever the library said
         print(f"esc: error: {message}", file=sys.stderr)
         return 1

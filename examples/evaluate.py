@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from esc_hf.audio_io import AudioFileError
-from esc_hf.cli import load_model
+from esc_hf import load_model
 from esc_hf.training.data import decode_files, list_audio_files
 from esc_hf.plotting import plot_rate_distortion
 from esc_hf.training.evaluation import evaluate_codec, format_table, write_csv

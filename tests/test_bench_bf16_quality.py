@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from esc_hf import EscModel
+from esc_hf import DEFAULT_MODEL, EscModel
 from esc_hf.audio_io import load_audio
-from esc_hf.cli import DEFAULT_MODEL
 from esc_hf.metrics import pesq_wb
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_bf16_quality.py"

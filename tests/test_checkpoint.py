@@ -14,8 +14,8 @@ import soundfile as sf
 import torch
 from conftest import SPEECH
 
-from esc_hf import EscModel
-from esc_hf.cli import DEFAULT_MODEL, main
+from esc_hf import DEFAULT_MODEL, EscModel
+from esc_hf.cli import main
 from esc_hf.metrics import pesq_wb, si_sdr
 
 ROOT = Path(__file__).resolve().parents[1]

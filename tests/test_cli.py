@@ -1,4 +1,5 @@
 import copy
+import signal
 import subprocess
 import sys
 
@@ -8,8 +9,9 @@ import soundfile as sf
 import torch
 from conftest import SPEECH
 
+from esc_hf import load_model
 from esc_hf.bitstream import HEADER_SIZE, unpack
-from esc_hf.cli import load_model, main
+from esc_hf.cli import main
 
 
 def run_esc(*args, cwd, capsys=None):
@@ -144,3 +146,56 @@ def test_file_lengths_and_sizes(tmp_path):
         assert (tmp_path / "x.esc").stat().st_size == HEADER_SIZE + packets * 8 + 2 + sum(
             -(-min(50, frames - s) * 30 // 8) for s in range(0, frames, 50)
         )
+
+
+def test_output_that_is_the_input_is_refused(tmp_path, capsys):
+    wav = tmp_path / "a.wav"
+    sf.write(str(wav), sf.read(str(SPEECH[0]), dtype="float32")[0][:8000], 16000)
+    original = wav.read_bytes()
+    (tmp_path / "link.wav").hardlink_to(wav)
+    for args in (["encode", "a.wav", "a.wav"], ["roundtrip", "a.wav", "a.wav"], ["roundtrip", "a.wav", "link.wav"],
+                 ["roundtrip", "a.wav", "./a.wav"]):  # fmt: skip
+        code, _, err = run_esc(*args, cwd=tmp_path, capsys=capsys)
+        assert code == 1 and "is the input file; choose another output name" in err, (args, err)
+    assert main(["encode", str(wav), str(tmp_path / "a.esc"), "--kbps", "1.5"]) == 0
+    code, _, err = run_esc("decode", "a.esc", "a.esc", cwd=tmp_path, capsys=capsys)
+    assert code == 1 and "is the input file" in err
+    assert wav.read_bytes() == original and sorted(p.name for p in tmp_path.iterdir()) == ["a.esc", "a.wav", "link.wav"]
+    code, _, err = run_esc("report", ".", ".", cwd=tmp_path, capsys=capsys)
+    assert code == 1 and "would replace the clips' folder" in err
+
+
+def test_full_disk_is_one_line(tmp_path):
+    """A write that fails for lack of space (here: a file size limit, which fails writes the same way) is one line
+    and leaves no temporary behind."""
+    import resource
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2_000, 2_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write then fails with EFBIG instead of killing us
+
+    assert main(["encode", str(SPEECH[1]), str(tmp_path / "a.esc"), "--kbps", "9"]) == 0
+    for args in (["decode", "a.esc", "out.wav"], ["encode", str(SPEECH[1]), "out.esc"]):
+        result = subprocess.run([sys.executable, "-B", "-m", "esc_hf", *args], capture_output=True, text=True,
+                                cwd=tmp_path, preexec_fn=limit_file_size)  # fmt: skip
+        assert result.returncode == 1 and result.stderr.startswith("esc: error: "), result.stderr
+        assert "cannot write" in result.stderr or "File too large" in result.stderr, result.stderr
+        assert result.stderr.count("\n") == 1 and "Exception ignored" not in result.stderr, result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.esc"]
+
+
+def test_help_and_argument_errors_do_not_load_the_model():
+    """`esc --help` and a mistyped option answer without importing torch or transformers (seconds of imports)."""
+    code = (
+        "import sys; sys.argv = ['esc']\n"
+        "from esc_hf.cli import main\n"
+        "for argv in (['--help'], ['encode', '--help'], ['encode', 'a.wav', 'b.esc', '--kbps', 'x']):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'soundfile') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]", result.stdout
+    assert "usage: esc encode" in result.stdout and "invalid float value: 'x'" in result.stderr

@@ -7,8 +7,7 @@ import soundfile as sf
 import torch
 from conftest import SPEECH
 
-from esc_hf import EscConfig
-from esc_hf.cli import load_model
+from esc_hf import EscConfig, load_model
 from esc_hf.tokens import codes_to_tokens, tokens_to_codes, vocab_size
 
 
