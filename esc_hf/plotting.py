@@ -18,17 +18,22 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> None:
+def _save(fig, path: str | Path, dpi: int = 90) -> None:
     with atomic_file(path) as handle:
-        fig.savefig(handle, format="png", dpi=90)
+        fig.savefig(handle, format="png", dpi=dpi)
     _pyplot().close(fig)
 
 
-def plot_rate_distortion(curves: dict[str, list[dict]], path: str | Path, title: str = "") -> None:
-    """One panel per metric, one line per name in `curves` (each a list of rows with `kbps`)."""
+def plot_rate_distortion(curves: dict[str, list[dict]], path: str | Path, title: str = "",
+                         metrics: tuple[str, ...] = METRICS, panel_size: tuple[float, float] = (4, 3.6),
+                         dpi: int = 90) -> None:  # fmt: skip
+    """One panel per metric in a row, one line per name in `curves` (each a list of rows with `kbps`). The
+    listening report draws each metric as its own small figure (`metrics=(metric,)`) so that a phone can show the
+    panels one under the other at full width."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
-    for axis, metric in zip(axes, METRICS):
+    fig, axes = plt.subplots(1, len(metrics), figsize=(panel_size[0] * len(metrics), panel_size[1]), squeeze=False)
+    axes = axes[0]
+    for axis, metric in zip(axes, metrics):
         for name, rows in curves.items():
             axis.plot([r["kbps"] for r in rows], [r[metric] for r in rows], marker="o", label=name)
         axis.set_xlabel("kbps")
@@ -38,7 +43,7 @@ def plot_rate_distortion(curves: dict[str, list[dict]], path: str | Path, title:
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, path)
+    _save(fig, path, dpi)
 
 
 def plot_val_curve(history: list[dict], path: str | Path, warm_start_steps: int) -> None:

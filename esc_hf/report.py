@@ -3,8 +3,8 @@
 `make_report(in_dir, out_dir, …)` (and `esc report IN_DIR OUT_DIR`) writes `OUT_DIR/index.html` with, for every
 clip, the original and each codec at each rate as an `<audio controls>` player (FLAC beside the page), a
 spectrogram (the same colour scale across a row) and the clip's PESQ-WB, STOI, SI-SDR, mel distance and real
-bitrate; above them the rate–distortion plot, the table of means, the model's summary and how the page was made.
-The page needs no server and loads nothing from elsewhere. The folder is written beside its destination and
+bitrate; above them the rate–distortion plots (one per metric), the table of means, the model's summary and how
+the page was made. The page needs no server and loads nothing from elsewhere. The folder is written beside its destination and
 renamed into place when complete, so a failed run leaves no half-written report.
 """
 
@@ -12,6 +12,7 @@ import datetime
 import html
 import importlib.metadata
 import platform
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -22,7 +23,8 @@ import soundfile as sf
 from .audio_io import AudioFileError, load_audio
 from .codecs import RATE, CodecUnavailable, all_codecs, code_aligned, curves_by_codec, score, summarize
 from .io_utils import atomic_directory
-from .plotting import plot_rate_distortion
+from .metrics import METRICS
+from .plotting import LABELS, plot_rate_distortion
 
 DEFAULT_KBPS = (1.5, 3.0, 6.0, 9.0)
 DEFAULT_CODECS = ("opus", "amr-wb")
@@ -76,24 +78,100 @@ def _versions() -> str:
     return ", ".join(found) + f"; Python {platform.python_version()} on {platform.system()} {platform.machine()}"
 
 
+SUMMARY_CHARS = 800  # of plain text from the card: room for the packaged card's whole training-data paragraph
+
+# A code span naming a file or folder (`shared/data/speech/train`, `/home/me/corpus`): where the card's author kept
+# things, which means nothing to a listener and may be private.
+_PATH = r"`[^`\s]*[/\\][^`\s]*`"
+# A sentence ends at . ! or ? (perhaps closed by ), ", ' or **) before a space and a capital, digit or Markdown
+# opener; "2.19 h" or "4:22.12.3-1" has no space after its dot.
+_SENTENCE_END = re.compile(r"(?<=[.!?])((?:\*\*|[)\"'])*)\s+(?=[A-Z0-9`*_\[(])")
+
+
+def _without_paths(sentence: str) -> str:
+    sentence = re.sub(rf"\s*\({_PATH}\)", "", sentence)  # "with `esc_hf` (`examples/train.py`)"
+    sentence = re.sub(rf"^{_PATH}[^:.]*:\s*", "", sentence)  # a label "`data/train` of this project: 616 files"
+    sentence = re.sub(_PATH, "a local folder", sentence)
+    return sentence[:1].upper() + sentence[1:]
+
+
+def _inline_html(markdown: str) -> str:
+    """Markdown inline markup as HTML: bold, italics and code kept, links and images reduced to their text (the
+    page loads and links nothing from elsewhere)."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", markdown)
+    text = html.escape(re.sub(r"</?[A-Za-z][^>]*>", "", text), quote=False)
+    text = re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+    text = re.sub(r"\*\*(.+?)\*\*|__(.+?)__", lambda m: f"<strong>{m.group(1) or m.group(2)}</strong>", text)
+    return re.sub(r"(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])", r"<em>\1</em>", text)
+
+
+def _card_sentences(section: str) -> list[str]:
+    """The prose of a card section as whole sentences (Markdown source): tables, code blocks, headings, HTML and
+    the unfinished tail of a paragraph (such as "The exact command:" before its code block) are left out."""
+    paragraphs, lines, fenced = [], [], False
+    for line in section.splitlines() + [""]:
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            fenced = not fenced
+            stripped = ""
+        if fenced or not stripped or stripped[0] in "|#<>" or stripped.startswith("- "):
+            if lines:
+                paragraphs.append(" ".join(lines))
+            lines = []
+        else:
+            lines.append(stripped)
+    sentences = []
+    for paragraph in paragraphs:
+        parts = _SENTENCE_END.split(paragraph)
+        # split() keeps the closers it matched as every second item: they belong to the sentence before them.
+        pieces = [parts[i] + (parts[i + 1] if i + 1 < len(parts) else "") for i in range(0, len(parts), 2)]
+        sentences += [s.strip() for s in pieces if re.search(r"[.!?](\*\*|[)\"'])*$", s.strip())]
+    return sentences
+
+
+def _plain_length(markdown: str) -> int:
+    return len(re.sub(r"<[^>]*>", "", html.unescape(_inline_html(markdown))))
+
+
 def _model_summary(model, model_name: str | None) -> str:
-    """The checkpoint, its size and its training data, from the model card when the folder has one."""
-    from .cli import DEFAULT_MODEL
+    """The checkpoint, its size and its training data as HTML: whole sentences of the model card's "Training
+    data" (else "Training") section, when the folder has a card, without the card's file paths."""
+    from .loading import DEFAULT_MODEL
 
     folder = Path(model_name) if model_name else DEFAULT_MODEL
     params = sum(p.numel() for p in model.parameters())
-    summary = (f"{model_name or 'the packaged default model'}: {params:,} parameters, "
-               f"{model.config.num_streams} streams × {model.config.bandwidth_for_num_streams(1):g} kbps")  # fmt: skip
+    config = model.config
+    rates = f"{config.target_bandwidths[0]:g}–{config.target_bandwidths[-1]:g} kbps"
+    # A local folder by its name alone (its path is the user's own business), a Hub id as it is.
+    shown = folder.name if model_name and folder.is_dir() else model_name
+    name = f"<code>{html.escape(shown)}</code>" if model_name else "The packaged default model"
     card = folder / "README.md"
-    if card.is_file():
-        text = card.read_text(encoding="utf-8")
-        for heading in ("## Training data", "## Training"):
-            if heading in text:
-                section = text.split(heading, 1)[1].split("\n## ", 1)[0].strip()
-                summary += f". {heading[3:]}: {section[:600]}"
-                break
+    text = card.read_text(encoding="utf-8") if card.is_file() else ""
+    title = re.search(r"^# (.+)$", text, re.MULTILINE)
+    if title:
+        name += f", {_inline_html(title.group(1).strip())}"
+    summary = (f"{name}: {params:,} parameters, {rates} in {config.num_streams} streams of "
+               f"{config.bandwidth_for_num_streams(1):g} kbps.")  # fmt: skip
+    for heading in ("## Training data", "## Training"):
+        if f"\n{heading}\n" in text:
+            section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+            chosen, length = [], 0
+            for sentence in map(_without_paths, _card_sentences(section)):
+                length += _plain_length(sentence) + 1
+                if chosen and length > SUMMARY_CHARS:
+                    break
+                chosen.append(_inline_html(sentence))
+            if chosen:
+                summary += f" {heading[3:]}: " + " ".join(chosen)
+            break
     return summary
 
+
+SI_SDR_NOTE = (
+    "SI-SDR measures how closely the waveform, phase included, matches the original: ESC's decoder rebuilds the "
+    "phase freely, so it can sound fine and still score far below zero, where a waveform codec such as Opus scores "
+    "above; judge perceived quality by PESQ-WB, STOI and mel distance, and by ear."
+)
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;max-width:1200px;padding:12px;
@@ -109,10 +187,11 @@ th:first-child,td:first-child{text-align:left}
 .version img{width:100%;height:auto;display:block;background:#000}
 .metrics{font-size:.8em;color:#444;margin:4px 0 0}
 .note{background:#fff6d6;border-left:4px solid #e0b000;padding:4px 8px}
-img.rd{max-width:100%;height:auto}
+.rd{display:grid;grid-template-columns:repeat(2,minmax(0,1fr));gap:10px;max-width:900px}
+.rd img{width:100%;height:auto;display:block}
 [hidden]{display:none!important}
 fieldset{border:1px solid #ccc}
-@media (max-width:640px){.version{width:100%}}
+@media (max-width:640px){.version{width:100%}.rd{grid-template-columns:minmax(0,1fr)}}
 """
 
 # Writes each player's duration into the DOM once its metadata has loaded (browser tests read it), and filters
@@ -160,7 +239,7 @@ def make_report(in_dir: str | Path, out_dir: str | Path, model_name: str | None 
                 max_clips: int | None = None, max_seconds: float = MAX_SECONDS, command: str | None = None,
                 log=print) -> Path:  # fmt: skip
     """Writes the report folder `out_dir` (replaced atomically) and returns the path of its `index.html`."""
-    from .cli import load_model
+    from .loading import load_model
 
     if max_clips is not None and max_clips < 1:
         raise ReportError(f"--clips must be at least 1, got {max_clips}")
@@ -229,7 +308,12 @@ def make_report(in_dir: str | Path, out_dir: str | Path, model_name: str | None 
         if not rows:
             raise ReportError(f"no readable clip in {in_dir}: " + " ".join(notes))
         summary = summarize(rows)
-        plot_rate_distortion(curves_by_codec(summary), folder / "rate_distortion.png", title=f"{clips_done} clips")
+        # One small figure per metric: the page lays them out two by two, or one under the other on a phone, where
+        # a single four-panel figure would be shrunk to unreadable.
+        curves = curves_by_codec(summary)
+        for metric in METRICS:
+            plot_rate_distortion(curves, folder / "img" / f"rd-{metric}.png", metrics=(metric,),
+                                 panel_size=(4.2, 3.0), dpi=130)  # fmt: skip
         page = _page(summary, sections, notes, _model_summary(model, model_name), command, clips_done, max_seconds, folder)
         (folder / "index.html").write_text(page, encoding="utf-8")
     return Path(out_dir) / "index.html"
@@ -246,6 +330,8 @@ def _page(summary, sections, notes, model_summary, command, clips, max_seconds, 
     made = (f"Made {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC with "
             f"<code>{html.escape(command or ' '.join(sys.argv))}</code>; {html.escape(_versions())}.")  # fmt: skip
     note_html = "".join(f'<p class="note">{html.escape(n)}</p>' for n in notes)
+    plots = "".join(f'<img src="img/rd-{m}.png" alt="rate-distortion plot: {html.escape(LABELS[m][:-2])} against '
+                    f'bitrate, one line per codec">' for m in METRICS)  # fmt: skip
 
     def render(size_text: str) -> str:
         return (
@@ -256,10 +342,10 @@ def _page(summary, sections, notes, model_summary, command, clips, max_seconds, 
             f"<p>{clips} clips, cut to at most {max_seconds:g} s, each coded by every codec below. Metrics compare "
             "each version with the original (16 kHz): PESQ-WB and STOI (higher is better), SI-SDR in dB (higher "
             "is better), mel distance (lower is better), and the real bitrate of what the codec wrote.</p>"
-            f"{note_html}<h2>Model</h2><p>{html.escape(model_summary)}</p>"
-            '<h2>Rate–distortion</h2><img class="rd" src="rate_distortion.png" alt="rate-distortion plot: PESQ, '
-            'STOI, mel distance and SI-SDR against bitrate, one line per codec">'
-            f"<h2>Means over all clips</h2>{_means_table(summary)}"
+            f"{note_html}<h2>Model</h2><p>{model_summary}</p>"
+            f'<h2>Rate–distortion</h2><p>Means over the {clips} clips, one line per codec.</p>'
+            f'<div class="rd">{plots}</div>'
+            f"<h2>Means over all clips</h2>{_means_table(summary)}<p>{SI_SDR_NOTE}</p>"
             f'<h2>Clips</h2><fieldset><legend>Show codecs</legend>{boxes}</fieldset>{"".join(sections)}'
             f"<h2>How this page was made</h2><p>{made}</p><p>{size_text}</p>"
             f"<script>{SCRIPT}</script></body></html>"

@@ -197,3 +197,25 @@ def test_evaluate_script_writes_table_csv_and_plot(tmp_path):
     missing = subprocess.run([sys.executable, str(ROOT / "examples" / "evaluate.py"), "--data", str(tmp_path / "no"),
                               "--out", str(tmp_path / "x.csv")], capture_output=True, text=True)  # fmt: skip
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+def test_validation_inside_the_training_folder_is_warned_about(tmp_path, speech_dir, caplog):
+    nested = tmp_path / "corpus"
+    shutil.copytree(speech_dir, nested / "val")
+    shutil.copy(SPEECH[0], nested / "extra.flac")
+    apart = tmp_path / "apart"
+    shutil.copytree(speech_dir, apart)
+    cases = [(speech_dir, speech_dir, f"are the same folder: {len(SPEECH)} of the {len(SPEECH)} validation files"),
+             (nested, nested / "val", f"are nested: {len(SPEECH)} of the {len(SPEECH)} validation files"),
+             (speech_dir, apart, None)]  # fmt: skip
+    for index, (data, val, expected) in enumerate(cases):
+        caplog.clear()
+        args = tiny_args(tmp_path / str(index), data, "--val-dir", str(val), "--max-val-clips", "10")
+        with caplog.at_level("WARNING", logger="esc_hf.training.trainer"):
+            EscTrainer(args)._load_data()
+        warned = [r.getMessage() for r in caplog.records if r.name == "esc_hf.training.trainer"]
+        if expected is None:
+            assert warned == [], warned
+        else:
+            assert len(warned) == 1 and expected in warned[0] and "\n" not in warned[0], warned
+            assert "validation scores clips the model trained on" in warned[0]

@@ -45,6 +45,22 @@ def split_files(files: list[Path], val_fraction: float) -> tuple[list[Path], lis
     return train, val
 
 
+def overlap_warning(train_files: list[Path], val_files: list[Path], train_dir: str | Path,
+                    val_dir: str | Path) -> str | None:  # fmt: skip
+    """A one-line warning when validation files are also training files (the same resolved path, as when
+    `--val-dir` is `--data-dir` or a folder inside it) or when one folder holds the other; else None. Validation
+    on clips the model trained on flatters it, and nothing else would show it."""
+    train_root, val_root = Path(train_dir).resolve(), Path(val_dir).resolve()
+    shared = {f.resolve() for f in val_files} & {f.resolve() for f in train_files}
+    nested = train_root.is_relative_to(val_root) or val_root.is_relative_to(train_root)
+    if not shared and not nested:
+        return None
+    how = "are the same folder" if train_root == val_root else "are nested" if nested else "share files"
+    return (f"--data-dir {train_dir} and --val-dir {val_dir} {how}: {len(shared)} of the {len(val_files)} "
+            "validation files are also training files, so validation scores clips the model trained on; give "
+            "--val-dir a folder outside --data-dir, or leave it out for a held-out split")
+
+
 def decode_files(files: list[Path], sampling_rate: int = 16000) -> list[np.ndarray]:
     clips = []
     for path in files:

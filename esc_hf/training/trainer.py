@@ -14,6 +14,7 @@ the step, so a resumed run repeats an uninterrupted one step for step.
 
 import csv
 import json
+import logging
 import math
 import shutil
 import time
@@ -40,12 +41,15 @@ from .data import (
     decode_files,
     list_audio_files,
     load_hf_dataset,
+    overlap_warning,
     split_files,
     valid_crop_length,
 )
 from .discriminator import Discriminator, discriminator_loss, feature_matching_loss, generator_adversarial_loss
 from .evaluation import evaluate_codec, evaluate_unquantized, format_table, write_csv
 from .losses import EscLoss
+
+logger = logging.getLogger(__name__)
 
 
 def draw_num_streams(seed: int, step: int, dropout: float, max_streams: int) -> int:
@@ -111,6 +115,10 @@ class EscTrainer:
             if val_clips is None:
                 files, val_files = split_files(files, args.val_fraction)
                 val_clips = decode_files(val_files[: args.max_val_clips], sr)
+            else:
+                warning = overlap_warning(files, val_files, args.data_dir, args.val_dir)
+                if warning and self.accelerator.is_main_process:
+                    logger.warning(warning)
             with self.accelerator.main_process_first():
                 train_audio = cached_concatenation(files, cache, sr)
         else:
