@@ -1,9 +1,12 @@
 """Turn a training run into the shipped checkpoint folder: weights, configs, evaluation beside Opus and AMR-WB on
 the validation clips, curves and a model card that says how it was made.
 
-    python examples/package_checkpoint.py --run runs/esc-base-cpu --val ../shared/data/speech/val \
-        --output checkpoints/esc-base --command "python examples/train.py ..." --hardware "2-core Xeon, bf16" \
-        --wall-time "2 h 10 min"
+    python examples/prepare_speech_data.py --output data/speech
+    python examples/package_checkpoint.py --run runs/esc-base-cpu --val data/speech/val \
+        --output checkpoints/esc-base --command "python examples/train.py ... --data_dir data/speech/train ..." \
+        --hardware "2-core Xeon, bf16" --wall-time "2 h 10 min"
+
+The card's command block shows the data step (`DATA_COMMAND`) first, then `--command`.
 
 The folder is written beside `--output` and renamed into place when complete.
 """
@@ -30,7 +33,8 @@ from esc_hf.training.evaluation import write_csv  # noqa: E402
 
 DATA = """## Training data
 
-`shared/data/speech/train` of this project: 616 Ogg Opus files (32 kbit/s, 16 kHz mono), **2.19 h** of human
+`data/speech/train`, rebuilt from its public sources by `python examples/prepare_speech_data.py --output data/speech`
+(per-file manifests in `examples/data/`): 616 Ogg Opus files (32 kbit/s, 16 kHz mono), **2.19 h** of human
 speech in 22 languages and 27 voice groups, from two Debian bookworm packages: `tuxpaint-stamps-default`
 2022.06.04-1 (spoken stamp descriptions, GPL-2.0-or-later, Tux Paint volunteers) and `klettres-data`
 4:22.12.3-1 (letters and syllables by native speakers, GPL-2.0-or-later, KDE KLettres). Validation: 78 FLAC files,
@@ -38,6 +42,8 @@ speech in 22 languages and 27 voice groups, from two Debian bookworm packages: `
 conversational speech: expect the codec to do best on material like it. The weights are a work trained on
 GPL-2.0-or-later data; this card does not give legal advice on what that implies.
 """
+# Printed before the training command(s) on the card: it rebuilds the data that DATA describes.
+DATA_COMMAND = "python examples/prepare_speech_data.py --output data/speech"
 
 
 def _rows(path: Path) -> list[dict]:
@@ -104,7 +110,9 @@ def main() -> None:
             f"{args.wall_time} of wall time. Recipe: `{args.config}` (bf16 autocast, AdamW 1e-3 with 200 warm-up "
             "steps and a cosine schedule, warm start with the quantizers bypassed, then VQ with quantizer dropout "
             "0.75, fresh optimizer moments and a 100-step ramp; power-law STFT + multi-scale mel + VQ losses; no GAN). "
-            f"The exact command:\n\n```bash\n{args.command}\n```\n\n"
+            "The exact commands (the first downloads the two Debian packages, about 200 MB, and rebuilds the data "
+            "set, checking every file's length against the manifests):\n\n"
+            f"```bash\n{DATA_COMMAND}\n{args.command}\n```\n\n"
             "Continue it anywhere (a GPU is ~100× faster) with `--init_from` this folder and `--init_step "
             f"{state['step']}` (fresh optimizer moments, as at the VQ switch), or start over with the config.\n\n"
             f"## Evaluation\n\n{len(clips)} validation clips "
