@@ -8,6 +8,7 @@ Swin layers keep tokens as `(B, H*W, C)` (row-major over `(h, w)`), the CNN back
 """
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -261,6 +262,12 @@ class _Linear(nn.Linear):
         return super().forward(x.to(self.weight.dtype))
 
 
+@lru_cache(maxsize=None)
+def _cpu_has_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as oneDNN sees it."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def _onednn_linear(x: torch.Tensor, linear: nn.Linear, activation: str) -> torch.Tensor | None:
     """`linear(x)` followed by `activation` ("none" or "gelu", erf form) as one oneDNN call on the CPU, or None
     where that does not apply. It adds the bias inside the GEMM (aten's addmm first copies the broadcast bias into
@@ -275,6 +282,9 @@ def _onednn_linear(x: torch.Tensor, linear: nn.Linear, activation: str) -> torch
         or linear.bias is None
         or not torch.backends.mkldnn.is_available()
         or torch.is_autocast_enabled("cpu")
+        # oneDNN has no bf16 GEMM on CPUs without AVX512-BF16/AMX (it fails to create the primitive); aten's
+        # linear still computes it there, slowly
+        or (x.dtype == torch.bfloat16 and not _cpu_has_bf16())
     ):
         return None
     algorithm = "none" if activation == "gelu" else ""
@@ -1098,6 +1108,12 @@ class EscModel(EscPreTrainedModel):
         # So does the patch embedding: a convolution over 2 input channels is all memory traffic, and 2x slower
         # in bf16 on the CPU.
         self.encoder.patch_embed.float()
+        if dtype == torch.bfloat16 and self.device.type == "cpu" and not _cpu_has_bf16():
+            warnings.warn(
+                "this CPU has no bf16 matrix instructions (AVX512-BF16 or AMX): the bf16 backbone still works but "
+                "runs much slower than float32 here; keep float32 on this machine",
+                stacklevel=2,
+            )
         if dtype == torch.bfloat16 and self.device.type == "cpu" and _cpu_kernels is not None:
             _cpu_kernels.enabled()  # builds the CPU kernels now (once per machine) rather than in the first call
         return self

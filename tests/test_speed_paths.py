@@ -136,3 +136,15 @@ def test_stage_lower_than_a_window_skips_padding_rows_exactly(monkeypatch, dtype
         monkeypatch.setattr(modeling_esc.EscSwinBlock, "_forward_real_rows", modeling_esc.EscSwinBlock._forward_all_rows)
         every_row, _ = layer(x, height, width)
     assert torch.equal(skipped, every_row)
+
+
+def test_bf16_backbone_on_a_cpu_without_bf16_instructions_warns_and_still_runs(tiny_model, monkeypatch):
+    """oneDNN cannot create a bf16 GEMM on CPUs without AVX512-BF16/AMX (an AVX2 EPYC raised "could not create a
+    primitive"): there the model says so once and computes with aten's ops."""
+    monkeypatch.setattr(modeling_esc, "_cpu_has_bf16", lambda: False)
+    waveform = get_fixture("swin_csrvq").inputs["waveform"][:1]
+    reference = tiny_model.encode(waveform).audio_codes
+    with pytest.warns(UserWarning, match="no bf16 matrix instructions"):
+        tiny_model.set_backbone_dtype(torch.bfloat16)
+    codes = tiny_model.encode(waveform).audio_codes
+    assert codes.shape == reference.shape and (codes == reference).float().mean() > 0.5
