@@ -71,14 +71,64 @@ def test_encode_info_decode_end_to_end(tmp_path, capsys):
     assert decoded.shape == direct.shape and np.abs(decoded - direct).max() <= 1 / 32768
 
     assert run_esc("roundtrip", SPEECH[1], tmp_path / "rt.wav", "--kbps", "6", cwd=tmp_path, capsys=capsys)[0] == 0
+    # Exact on any CPU: the codes are exact, and roundtrip decodes them with the same chunk plan as `decode`, i.e.
+    # the same model calls on the same inputs in the same process (no kernel sees another shape).
     assert np.array_equal(sf.read(str(tmp_path / "rt.wav"))[0], sf.read(str(wav))[0]), "roundtrip = encode + decode"
 
 
 @pytest.mark.parametrize("verb", ["encode", "decode", "info", "roundtrip", "report"])
-def test_help_for_each_verb(verb, capsys):
+def test_help_for_each_verb(verb, tmp_path, capsys):
+    """Each verb's help describes every argument it accepts, and what it states is true: the bitrates, the default
+    chunk length, the audio formats read and written, the report's codecs and defaults."""
+    import argparse
+
+    from esc_hf import EscConfig
+    from esc_hf.audio_io import AudioSource, open_audio_sink
+    from esc_hf.cli import build_parser
+    from esc_hf.codecs import all_codecs
+    from esc_hf.loading import DEFAULT_MODEL
+    from esc_hf.report import DEFAULT_CODECS, DEFAULT_KBPS
+    from esc_hf.streaming import FILE_CHUNK_FRAMES
+
     with pytest.raises(SystemExit) as exit_:
         main([verb, "--help"])
-    assert exit_.value.code == 0 and f"usage: esc {verb}" in capsys.readouterr().out
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines; compare with single spaces
+    assert exit_.value.code == 0 and f"usage: esc {verb}" in text
+    (verbs,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    parser = verbs.choices[verb]
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction):
+            continue
+        assert action.help and " ".join(action.help.split()) in text, f"esc {verb}: {action.dest} is not described"
+        assert all(option in text for option in action.option_strings)
+    options = {o for a in parser._actions for o in a.option_strings}
+
+    config = EscConfig.from_pretrained(DEFAULT_MODEL)  # the packaged model the help speaks of
+    if "--kbps" in options and verb != "report":
+        rates = [f"{kbps:g}" for kbps in config.target_bandwidths]
+        assert f"{', '.join(rates[:-1])} or {rates[-1]}); default: the highest" in text
+    if "--chunk-seconds" in options:
+        assert f"(default: {FILE_CHUNK_FRAMES / config.frame_rate:g} for ESC)" in text
+    if verb in ("encode", "roundtrip"):  # every input format named is read (ogg: Vorbis and Opus)
+        assert "audio file (wav, flac, ogg/opus, mp3; any rate, mono or multichannel)" in text
+        noise = np.random.default_rng(0).uniform(-0.3, 0.3, (4800, 2))
+        for name, subtype in [("a.wav", None), ("a.flac", None), ("a.ogg", "VORBIS"), ("a.opus", "OPUS"),
+                              ("a.mp3", "MPEG_LAYER_III")]:  # fmt: skip
+            file_format = "OGG" if name.endswith(".opus") else None
+            sf.write(str(tmp_path / name), noise, 48000, subtype=subtype, format=file_format)
+            source = AudioSource(tmp_path / name)
+            assert source.channels == 2 and np.concatenate(list(source.blocks())).size > 0, name
+    if verb in ("decode", "roundtrip"):  # every output format named is written
+        assert "audio file to write (.wav, .flac or .ogg)" in text
+        for suffix in (".wav", ".flac", ".ogg"):
+            with open_audio_sink(tmp_path / f"out{suffix}") as sink:
+                sink.write(np.zeros(1600, dtype=np.float32))
+            assert sf.info(str(tmp_path / f"out{suffix}")).frames == 1600, suffix
+    if verb == "report":
+        assert f"(default: {','.join(f'{k:g}' for k in DEFAULT_KBPS)})" in text
+        named = text.split("other codecs, comma-separated: ")[1].split(" (default: ")[0]
+        assert set(named.split(", ")) == set(all_codecs())
+        assert f"(default: {','.join(DEFAULT_CODECS)}; an empty string for none)" in text
 
 
 def test_errors_are_one_line_with_nonzero_exit(tmp_path, capsys):

@@ -1,12 +1,25 @@
 """The inference fast paths (window-order Swin stages, fused de-embedding, oneDNN linears, bf16 backbone) against
 the training-path ops, which follow the authors' op order."""
 
+import copy
+
 import pytest
 import torch
-
 from conftest import get_fixture
+
 from esc_hf import EscConfig, modeling_esc
 from esc_hf.modeling_esc import EscPatchDeEmbed, EscTransformerLayer
+
+
+def assert_equal_up_to_rounding(actual, expected, dtype):
+    """Two schedules of the same computation whose kernels see other shapes (fewer rows, fewer windows per call):
+    bit-identical on the CPUs measured so far, but like chunked audio (tests/test_streaming.py) equal only up to
+    float rounding by promise, which is a bf16 rounding step where the matmuls run in bf16. A schedule that mixes up
+    or leaks rows moves values by far more."""
+    if dtype == torch.float32:
+        torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-6)
+    else:
+        torch.testing.assert_close(actual, expected, rtol=1.6e-2, atol=1e-2)
 
 
 def _layer(dim=12, heads=3, scale="down"):
@@ -75,15 +88,44 @@ def test_bf16_backbone_is_opt_in_and_close(name):
     assert all(p.dtype == torch.float32 for p in model.quantizers.parameters())
     codes_bf16 = model.encode(waveform).audio_codes
     audio_bf16 = model.decode(codes).audio_values
-    assert codes_bf16.dtype == torch.long and audio_bf16.dtype == torch.float32
-    assert (codes_bf16 == codes).float().mean() > 0.7
-    assert (audio_bf16 - audio).norm() / audio.norm() < 0.05
+    assert codes_bf16.dtype == torch.long and codes_bf16.shape == codes.shape and audio_bf16.dtype == torch.float32
+    assert (audio_bf16 - audio).norm() / audio.norm() < 0.05  # how close on a trained model: the test below
     out = model(waveform, num_streams=3)  # the no-grad forward and the training path run in bf16 too
     assert out.audio_values.dtype == torch.float32
     model.train()
     model(waveform, num_streams=3).loss.backward()
     with pytest.raises(ValueError, match="floating point"):
         model.set_backbone_dtype(torch.int8)
+
+
+# bf16 vs float32 on the trained packaged model (checkpoints/esc-base/bf16_quality.csv, 78 validation clips: codes
+# equal 0.990 at 1.5 kbps and 0.846 at 9 kbps, PESQ-WB within 0.01). Measured here on the first 2 s of
+# speech_nl.flac: codes equal 0.997 at 1.5 kbps and 0.891 at 9 kbps on an AMD EPYC (AVX2, bf16 without native
+# instructions); 0.973–0.997 and 0.813–0.903 over 2 s crops of both clips in tests/data. Decoding the same codes,
+# the bf16 decoder is 0.33–0.43 % (relative L2) from float32's. Bounds below leave a margin over those.
+BF16_CODES_EQUAL = {1.5: 0.95, 9.0: 0.8}
+BF16_DECODE_RELATIVE_L2 = 0.02
+
+
+@pytest.mark.filterwarnings("ignore:this CPU has no bf16 matrix instructions")  # slow, not wrong
+def test_bf16_backbone_on_the_trained_model_keeps_most_codes_and_decodes_close():
+    import soundfile as sf
+    from conftest import SPEECH
+
+    from esc_hf import load_model
+
+    model = load_model(None).eval()
+    fast = copy.deepcopy(model).set_backbone_dtype(torch.bfloat16)
+    (path,) = [p for p in SPEECH if p.name == "speech_nl.flac"]
+    clip = torch.from_numpy(sf.read(str(path), dtype="float32")[0][: 80 * (4 * 100 - 1)])[None, None]  # 2 s
+    with torch.inference_mode():
+        codes = model.encode(clip, bandwidth=9.0).audio_codes
+        codes_bf16 = fast.encode(clip, bandwidth=9.0).audio_codes  # streams are nested: stream 0 is 1.5 kbps
+        audio, audio_bf16 = model.decode(codes).audio_values, fast.decode(codes).audio_values
+    equal = codes_bf16 == codes
+    assert equal[:, :1].float().mean() >= BF16_CODES_EQUAL[1.5]
+    assert equal.float().mean() >= BF16_CODES_EQUAL[9.0]
+    assert (audio_bf16.float() - audio).norm() / audio.norm() <= BF16_DECODE_RELATIVE_L2
 
 
 def test_bf16_attention_in_float32_slices_equals_one_slice(monkeypatch):
@@ -98,7 +140,7 @@ def test_bf16_attention_in_float32_slices_equals_one_slice(monkeypatch):
         monkeypatch.setattr(modeling_esc, "_FLOAT32_SLICE_BYTES", 1)  # one window per slice, seam windows too
         sliced, _ = layer(x, 8, 12)
     assert whole.dtype == torch.float32
-    assert torch.equal(sliced, whole)
+    assert_equal_up_to_rounding(sliced, whole, torch.bfloat16)
 
 
 def test_inference_paths_match_authors_in_a_batch_of_two_lengths():
@@ -116,7 +158,7 @@ def test_inference_paths_match_authors_in_a_batch_of_two_lengths():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("height,width", [(2, 9), (1, 6), (3, 4)])
-def test_stage_lower_than_a_window_skips_padding_rows_exactly(monkeypatch, dtype, height, width):
+def test_stage_lower_than_a_window_skips_padding_rows(monkeypatch, dtype, height, width):
     """Below one window's height (ESC-Base's 2-row bottleneck) the blocks run norms, projections and MLP on the
     real tokens only; that must give what the same blocks give on every row."""
     layer = _layer(scale="up")
@@ -135,7 +177,7 @@ def test_stage_lower_than_a_window_skips_padding_rows_exactly(monkeypatch, dtype
         assert len(calls) == len(layer.swint_blocks)
         monkeypatch.setattr(modeling_esc.EscSwinBlock, "_forward_real_rows", modeling_esc.EscSwinBlock._forward_all_rows)
         every_row, _ = layer(x, height, width)
-    assert torch.equal(skipped, every_row)
+    assert_equal_up_to_rounding(skipped, every_row, dtype)
 
 
 def test_bf16_backbone_on_a_cpu_without_bf16_instructions_warns_and_still_runs(tiny_model, monkeypatch):

@@ -19,7 +19,11 @@ from esc_hf.streaming import (
     receptive_field,
 )
 
-# Float rounding of kernels that see other shapes (measured ≤ 6.4e-8 for ESC-Base, docs/streaming.md).
+# Chunked and streamed audio vs the whole file: codes are exact, audio is what the README promises, "within float
+# rounding, ≤ 1e-6". A chunk shows the kernels other shapes than the whole file does (and the file and stream paths
+# use different chunk lengths), and whether a CPU's kernels round those shapes identically is not something the code
+# controls: on the Intel Xeon (AMX) the suite was written on they were bit-identical, on an AMD EPYC (AVX2) the tiny
+# model's differ by 4.5e-8 (ESC-Base: ≤ 6.4e-8, docs/streaming.md). So audio is never compared for equality here.
 SEAM_TOLERANCE = 1e-6
 
 
@@ -94,27 +98,27 @@ def test_receptive_field_matches_measurement(name):
         assert frame - field.encode_right <= changed.min() and changed.max() <= frame + field.encode_left
 
 
-def test_chunked_equals_whole_file_exactly(tiny, speech):
+def test_chunked_equals_whole_file(tiny, speech):
     codes, audio = whole(tiny, speech, 4)
     for chunk in (50, 10):
         plan = ChunkPlan.for_model(tiny, chunk)
         chunk_codes, chunk_audio = chunked(tiny, speech, 4, plan, seed=chunk)
         assert np.array_equal(chunk_codes, codes)
-        assert np.array_equal(chunk_audio, audio), np.abs(chunk_audio - audio).max()
+        assert chunk_audio.shape == audio.shape
+        assert np.abs(chunk_audio - audio).max() <= SEAM_TOLERANCE
 
 
 def test_chunked_equals_whole_file_esc_base(speech):
-    """ESC-Base: codes identical; audio identical in 50-frame chunks, within float rounding in small ones."""
+    """ESC-Base: codes identical; audio within float rounding, in long and in small chunks."""
     torch.manual_seed(0)
     model = EscModel(EscConfig()).eval()
     clip = speech[: 16000 * 3]
     codes, audio = whole(model, clip, 6)
-    for chunk, exact in ((50, True), (8, False)):
+    for chunk in (50, 8):
         chunk_codes, chunk_audio = chunked(model, clip, 6, ChunkPlan.for_model(model, chunk))
         assert np.array_equal(chunk_codes, codes)
+        assert chunk_audio.shape == audio.shape
         assert np.abs(chunk_audio - audio).max() <= SEAM_TOLERANCE
-        if exact:
-            assert np.array_equal(chunk_audio, audio)
 
 
 def test_chunked_equals_whole_file_cnn_backbone(speech):
@@ -126,11 +130,15 @@ def test_chunked_equals_whole_file_cnn_backbone(speech):
 
 
 def test_too_little_context_is_visible(tiny, speech):
-    """The check above can fail: with less decoder context than the receptive field, the seams differ."""
+    """The check above can fail: with less decoder context than the receptive field, the seams differ by more than
+    float rounding. The outermost frames of the 14-frame field weigh little: without 2 or 4 of them the audio moves
+    by no more than rounding (4.5e-8), without 8 by 5e-6, without 10 by 1.1e-4 (measured); 10 keeps the Swin
+    windows aligned (an odd number would misalign them and fail for that reason instead)."""
     _, audio = whole(tiny, speech, 4)
     plan = ChunkPlan.for_model(tiny, 50)
-    _, short = chunked(tiny, speech, 4, dataclasses.replace(plan, decode_left=plan.decode_left - 4))
-    assert not np.array_equal(short, audio)
+    assert plan.decode_left == 14
+    _, short = chunked(tiny, speech, 4, dataclasses.replace(plan, decode_left=plan.decode_left - 10))
+    assert np.abs(short - audio).max() > 10 * SEAM_TOLERANCE
 
 
 def test_streaming_equals_file_path(tiny, speech, tmp_path):
@@ -157,8 +165,9 @@ def test_streaming_equals_file_path(tiny, speech, tmp_path):
     decoder = EscStreamingDecoder(tiny, encoder.header)
     streamed = np.concatenate([decoder.push(packet) for packet in packets] + [decoder.flush()])
     assert streamed.size == from_file.size == speech.size
-    assert np.array_equal(streamed, from_file)
-    assert np.array_equal(from_file, whole(tiny, speech, 3)[1])
+    # The same codes (checked above); the stream and the file are decoded in chunks of different lengths.
+    assert np.abs(streamed - from_file).max() <= SEAM_TOLERANCE
+    assert np.abs(from_file - whole(tiny, speech, 3)[1]).max() <= SEAM_TOLERANCE
 
 
 def test_streaming_latency_is_as_stated(tiny, speech):
