@@ -36,8 +36,8 @@ class TrainingArguments:
     batch_size: int = field(default=9, metadata={"help": "crops per device per step"})
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
-    adam_beta1: float = field(default=0.9)
-    adam_beta2: float = field(default=0.999)
+    adam_beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
     lr_schedule: str = field(default="constant", metadata={"help": "constant, cosine or linear (transformers)"})
     lr_warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
     switch_warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up again after the "
@@ -46,31 +46,31 @@ class TrainingArguments:
     max_steps: int = field(default=250_000, metadata={"help": "optimizer steps in all"})
     warm_start_steps: int = field(default=46_875, metadata={"help": "steps with the quantizers bypassed"})
     quantizer_dropout: float = field(default=0.75, metadata={"help": "probability of n ~ U{1..6} streams"})
-    gradient_accumulation_steps: int = field(default=1)
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "batches accumulated per optimizer step"})
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (Accelerate)"})
-    seed: int = field(default=53)
+    seed: int = field(default=53, metadata={"help": "seed of the weights, crops and quantizer dropout"})
     # Loss weights
-    commitment_weight: float = field(default=0.25)
-    codebook_weight: float = field(default=1.0)
-    mel_weight: float = field(default=0.25)
-    stft_weight: float = field(default=1.0)
+    commitment_weight: float = field(default=0.25, metadata={"help": "weight of the commitment loss"})
+    codebook_weight: float = field(default=1.0, metadata={"help": "weight of the codebook loss"})
+    mel_weight: float = field(default=0.25, metadata={"help": "weight of the multi-scale mel L1 loss"})
+    stft_weight: float = field(default=1.0, metadata={"help": "weight of the power-law complex STFT loss"})
     # Adversarial option (ESC-Base-adv)
     adversarial: bool = field(default=False, metadata={"help": "add the DAC discriminators (second optimizer)"})
-    generator_adv_weight: float = field(default=1.0)
-    feature_matching_weight: float = field(default=2.0)
-    discriminator_lr: float = field(default=1e-4)
-    discriminator_max_grad_norm: float = field(default=10.0)
+    generator_adv_weight: float = field(default=1.0, metadata={"help": "generator's adversarial loss weight"})
+    feature_matching_weight: float = field(default=2.0, metadata={"help": "feature-matching loss weight"})
+    discriminator_lr: float = field(default=1e-4, metadata={"help": "discriminators' learning rate"})
+    discriminator_max_grad_norm: float = field(default=10.0, metadata={"help": "discriminators' gradient clipping"})
     generator_max_grad_norm_adv: float = field(default=1000.0, metadata={"help": "generator clip with --adversarial"})
     # Runs
     output_dir: str = field(default="runs/esc", metadata={"help": "checkpoints, logs, evaluation, best/ and final/"})
     save_every: int = field(default=1000, metadata={"help": "checkpoint every N steps"})
     eval_every: int = field(default=1000, metadata={"help": "evaluate every N steps (after the warm start)"})
-    log_every: int = field(default=10)
+    log_every: int = field(default=10, metadata={"help": "log the training losses every N steps"})
     keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept besides best/ and final/"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
     report_to: str = field(default="tensorboard", metadata={"help": "Accelerate tracker, or 'none'"})
-    push_to_hub: bool = field(default=False)
-    hub_model_id: str | None = field(default=None)
+    push_to_hub: bool = field(default=False, metadata={"help": "upload best/ to the Hub at the end"})
+    hub_model_id: str | None = field(default=None, metadata={"help": "Hub repository for --push_to_hub (ORG/NAME)"})
     # EscConfig overrides for the model (YAML `model:` section only, e.g. a tiny CPU model)
     model_overrides: dict = field(default_factory=dict, metadata={"help": "set in the YAML `model:` section"})
 
@@ -109,10 +109,10 @@ def parse_arguments(argv: list[str] | None = None) -> TrainingArguments:
     """`--config FILE.yaml` supplies defaults (and the `model:` section); other flags override them."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(TrainingArguments)
-    # HfArgumentParser writes flags with underscores; accept the dashed spelling users type too.
+    # Accept the dashed spelling users type too (recent HfArgumentParsers add it themselves: not twice).
     for action in parser._actions:
         for option in list(action.option_strings):
-            if "_" in option:
+            if "_" in option and option.replace("_", "-") not in action.option_strings:
                 action.option_strings.append(option.replace("_", "-"))
                 parser._option_string_actions[option.replace("_", "-")] = action
     parser.add_argument("--config", help="YAML file with any of these options; flags given here override it")
