@@ -89,6 +89,9 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])((?:\*\*|[)\"'])*)\s+(?=[A-Z0-9`*_\[(])")
 
 
 def _without_paths(sentence: str) -> str:
+    """The sentence without the card's file paths, or "" where it is about a command (`python examples/…`)."""
+    if re.search(r"`[^`]*\s[^`]*[/\\][^`]*`", sentence):
+        return ""
     sentence = re.sub(rf"\s*\({_PATH}\)", "", sentence)  # "with `esc_hf` (`examples/train.py`)"
     sentence = re.sub(rf"^{_PATH}[^:.]*:\s*", "", sentence)  # a label "`data/train` of this project: 616 files"
     sentence = re.sub(_PATH, "a local folder", sentence)
@@ -156,7 +159,7 @@ def _model_summary(model, model_name: str | None) -> str:
         if f"\n{heading}\n" in text:
             section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
             chosen, length = [], 0
-            for sentence in map(_without_paths, _card_sentences(section)):
+            for sentence in filter(None, map(_without_paths, _card_sentences(section))):
                 length += _plain_length(sentence) + 1
                 if chosen and length > SUMMARY_CHARS:
                     break

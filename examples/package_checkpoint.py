@@ -33,14 +33,14 @@ from esc_hf.training.evaluation import write_csv  # noqa: E402
 
 DATA = """## Training data
 
-`data/speech/train`, rebuilt from its public sources by `python examples/prepare_speech_data.py --output data/speech`
-(per-file manifests in `examples/data/`): 616 Ogg Opus files (32 kbit/s, 16 kHz mono), **2.19 h** of human
-speech in 22 languages and 27 voice groups, from two Debian bookworm packages: `tuxpaint-stamps-default`
-2022.06.04-1 (spoken stamp descriptions, GPL-2.0-or-later, Tux Paint volunteers) and `klettres-data`
-4:22.12.3-1 (letters and syllables by native speakers, GPL-2.0-or-later, KDE KLettres). Validation: 78 FLAC files,
-0.141 h, 5 voice groups not in training, 3 languages. These are short words, letters and phrases, not
-conversational speech: expect the codec to do best on material like it. The weights are a work trained on
-GPL-2.0-or-later data; this card does not give legal advice on what that implies.
+616 Ogg Opus files (32 kbit/s, 16 kHz mono), **2.19 h** of human speech in 22 languages and 27 voice groups,
+from two Debian bookworm packages: `tuxpaint-stamps-default` 2022.06.04-1 (spoken stamp descriptions,
+GPL-2.0-or-later, Tux Paint volunteers) and `klettres-data` 4:22.12.3-1 (letters and syllables by native speakers,
+GPL-2.0-or-later, KDE KLettres). Validation: 78 FLAC files, 0.141 h, 5 voice groups not in training, 3 languages.
+These are short words, letters and phrases, not conversational speech: expect the codec to do best on material
+like it. The weights are a work trained on GPL-2.0-or-later data; this card does not give legal advice on what that
+implies. Both sets are rebuilt from those packages by `python examples/prepare_speech_data.py --output data/speech`
+(per-file manifests in `examples/data/`).
 """
 # Printed before the training command(s) on the card: it rebuilds the data that DATA describes.
 DATA_COMMAND = "python examples/prepare_speech_data.py --output data/speech"
