@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from compare_codecs import load_clips  # noqa: E402
 
-from esc_hf.codecs import score  # noqa: E402
-from esc_hf.metrics import METRICS  # noqa: E402
+from esc_hf.eval.baselines import score  # noqa: E402
+from esc_hf.eval.metrics import METRICS  # noqa: E402
 from esc_hf.training.evaluation import write_csv  # noqa: E402
 
 

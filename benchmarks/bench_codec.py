@@ -146,11 +146,14 @@ def _esc_nominal_flops(model, audio, codes, streams):
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from esc_hf import EscFeatureExtractor
+
+    stft = EscFeatureExtractor(sampling_rate=model.config.sampling_rate).stft(audio.float().reshape(audio.shape[0], -1))
     with torch.enable_grad(), FlopCounterMode(display=False) as counter:
-        model._encode_codes(model._stft(audio.float()), streams)
+        model.encode_stft(stft, streams)
     encode = counter.get_total_flops()
     with torch.enable_grad(), FlopCounterMode(display=False) as counter:
-        model._decode_stft(codes)
+        model.decode_stft(codes)
     return encode, counter.get_total_flops()
 
 
@@ -171,7 +174,7 @@ class _OnnxRuntime(_Codec):
     settings = ((1.5, 1), (9.0, 6))
 
     def __init__(self, args, precision):
-        from esc_hf.onnx_runtime import EscOnnxModel
+        from esc_hf.codec.onnx_runtime import EscOnnxModel
 
         self.codec = EscOnnxModel(args.onnx_dir, threads=args.threads)
 
@@ -363,7 +366,7 @@ def _in_child(target, *args):
 def _export_onnx(args):
     """ONNX graphs of the benchmark's ESC-Base. One export (minutes on 2 cores): its encoder computes all six
     streams, so the 1.5 kbps row encodes six and keeps one (`--num-streams 1` would export a faster one)."""
-    from esc_hf.export_onnx import export_onnx
+    from esc_hf.codec.onnx_export import export_onnx
 
     if not (Path(args.onnx_dir) / "encoder.onnx").exists():
         export_onnx(_esc_models(args.authors)[0], args.onnx_dir)
@@ -515,7 +518,7 @@ def main(argv=None):
     for failure in failures:
         print("failed:", failure)
     if args.csv:
-        from esc_hf.io_utils import atomic_file
+        from esc_hf.utils.atomic_files import atomic_file
 
         with atomic_file(args.csv, "w") as handle:
             writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")

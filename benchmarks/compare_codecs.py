@@ -3,7 +3,7 @@
     python benchmarks/compare_codecs.py [--data DIR] [--model DIR_OR_HUB_ID] [--codecs esc opus codec2 speex amr-wb]
                                         [--out-dir compare] [--limit N] [--max-seconds S]
 
-Codecs (see `esc_hf/codecs.py`): esc at every bitrate of the model (`--model`, default the packaged model: the
+Codecs (see `esc_hf/eval/baselines.py`): esc at every bitrate of the model (`--model`, default the packaged model: the
 output says which), Opus 6/9/12 kbps wideband, Codec2 3.2 kbps, Speex wideband, AMR-WB 6.6-12.65 kbps. A codec
 whose tool is missing is skipped with the reason.
 
@@ -20,15 +20,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from esc_hf.codecs import RATE, CodecUnavailable, all_codecs, compare, curves_by_codec, summarize  # noqa: E402
-from esc_hf.plotting import plot_rate_distortion  # noqa: E402
+from esc_hf.eval.baselines import RATE, CodecUnavailable, all_codecs, compare, curves_by_codec, summarize  # noqa: E402
+from esc_hf.eval.plotting import plot_rate_distortion  # noqa: E402
 from esc_hf.training.evaluation import write_csv  # noqa: E402
 
 
 def load_clips(folder: Path, limit: int | None, max_seconds: float | None) -> list[tuple[str, np.ndarray]]:
-    from esc_hf.audio_io import load_audio
+    from esc_hf.codec.audio_io import load_audio
 
-    from esc_hf.training.data import list_audio_files
+    from esc_hf.codec.audio_io import list_audio_files
 
     try:
         paths = list_audio_files(folder)
@@ -44,7 +44,7 @@ def load_clips(folder: Path, limit: int | None, max_seconds: float | None) -> li
 
 
 def describe_model(model, name: str | None) -> str:
-    from esc_hf.bitstream import codebook_fingerprint, config_fingerprint
+    from esc_hf.codec.bitstream import codebook_fingerprint, config_fingerprint
 
     what = name or "the packaged default model (checkpoints/esc-base)"
     params = sum(p.numel() for p in model.parameters())

@@ -1,6 +1,6 @@
 """The `esc` command line (also `python -m esc_hf`): encode, decode, info, roundtrip, report.
 
-Files of any length are processed in chunks (esc_hf.streaming), so memory does not grow with their length.
+Files of any length are processed in chunks (esc_hf.codec.streaming), so memory does not grow with their length.
 Every expected failure (missing or unreadable file, unsupported bitrate, corrupt `.esc`, wrong model, a full
 disk) is one line on stderr and exit code 1. torch, transformers and the audio libraries are imported inside the
 verbs, so that `esc --help` and argument errors answer at once.
@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from .loading import DEFAULT_MODEL, load_model  # noqa: F401 - DEFAULT_MODEL: old import path, kept for a release
+from .codec.loading import DEFAULT_MODEL, load_model  # noqa: F401 - DEFAULT_MODEL: old import path, kept for a release
 
 PROGRESS_SECONDS = 30.0  # files at least this long get a progress bar (on a terminal)
 
@@ -29,7 +29,7 @@ def _model_name(args) -> str:
 
 
 def _open_source(args, model):
-    from .audio_io import AudioSource
+    from .codec.audio_io import AudioSource
 
     source = AudioSource(args.input, model.config.sampling_rate)
     for note in source.notes:
@@ -38,7 +38,7 @@ def _open_source(args, model):
 
 
 def _chunk_frames(model, args) -> int:
-    from .streaming import FILE_CHUNK_FRAMES
+    from .codec.streaming import FILE_CHUNK_FRAMES
 
     seconds = args.chunk_seconds
     if seconds is None:
@@ -77,7 +77,7 @@ def _blocks_with_progress(source, bar):
 
 
 def encode(args) -> None:
-    from .streaming import encode_file
+    from .codec.streaming import encode_file
 
     _check_output(args)
     model = load_model(args.model)
@@ -103,7 +103,7 @@ def encode(args) -> None:
 
 
 def _decode_to(model, esc_path, sink, chunk_frames):
-    from .streaming import decode_file
+    from .codec.streaming import decode_file
 
     blocks = decode_file(model, esc_path, chunk_frames)
     header = next(blocks)
@@ -125,8 +125,8 @@ def _note_clipping(sink) -> None:
 
 
 def decode(args) -> None:
-    from .audio_io import open_audio_sink
-    from .bitstream import BitstreamError, ModelMismatchError
+    from .codec.audio_io import open_audio_sink
+    from .codec.bitstream import BitstreamError, ModelMismatchError
 
     if not Path(args.input).is_file():
         raise OSError(f"no such file: {args.input}")
@@ -144,8 +144,8 @@ def decode(args) -> None:
 
 
 def info(args) -> None:
-    from .bitstream import VERSION, BitstreamError, ModelMismatchError
-    from .streaming import iter_packets
+    from .codec.bitstream import VERSION, BitstreamError, ModelMismatchError
+    from .codec.streaming import iter_packets
 
     path = Path(args.input)
     if not path.is_file():
@@ -203,8 +203,8 @@ def info(args) -> None:
 
 
 def roundtrip(args) -> None:
-    from .audio_io import open_audio_sink
-    from .streaming import ChunkedDecoder, ChunkedEncoder, ChunkPlan
+    from .codec.audio_io import open_audio_sink
+    from .codec.streaming import ChunkedDecoder, ChunkedEncoder, ChunkPlan
 
     _check_output(args)
     model = load_model(args.model)
@@ -231,7 +231,7 @@ def roundtrip(args) -> None:
 
 
 def report(args) -> None:
-    from .report import make_report
+    from .eval.report import make_report
 
     clips, out = Path(args.input).resolve(), Path(args.output).resolve()
     if out == clips or out in clips.parents:

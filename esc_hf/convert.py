@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
-from .configuration_esc import EscConfig
-from .feature_extraction_esc import EscFeatureExtractor
-from .io_utils import atomic_directory
-from .model_card import write_model_card
-from .modeling_esc import EscModel, _relative_position_index
+from .eval.model_card import write_model_card
+from .models.esc.configuration_esc import EscConfig
+from .models.esc.feature_extraction_esc import EscFeatureExtractor
+from .models.esc.modeling_esc import EscModel
+from .utils.atomic_files import atomic_directory
 
 
 class ConversionError(ValueError):
@@ -67,7 +67,7 @@ def config_from_authors(model_kwargs: dict, model_name: str | None = None) -> Es
         if key in _SAME_FOR_ALL:
             fields[_SAME_FOR_ALL[key]] = kwargs.pop(key)
     max_streams = kwargs.pop("max_streams", 6)
-    # Their ablation configs use `codebook_dim` and `codebook_dims` interchangeably (ESC_SPEC §8 Q6).
+    # The authors' ablation configs name the same setting `codebook_dim` in some files and `codebook_dims` in others.
     dims = kwargs.pop("codebook_dims", None)
     dims = kwargs.pop("codebook_dim", dims)
     if is_rvq:
@@ -103,7 +103,7 @@ def convert_state_dict(state_dict: dict, model: EscModel) -> dict:
     state_dict = {k.removeprefix("module."): v for k, v in state_dict.items()}
     expected = model.state_dict()
     window = torch.hann_window(model.config.win_length)
-    index = _relative_position_index(model.config.window_size)
+    buffers = dict(model.named_buffers())  # with the ones recomputed at load time, which the state dict lacks
     converted = {}
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
@@ -113,7 +113,7 @@ def convert_state_dict(state_dict: dict, model: EscModel) -> dict:
                 raise ConversionError(f"{key} is not the periodic Hann window of {model.config.win_length} samples")
             continue
         if key.endswith("relative_position_index"):
-            if not torch.equal(value.long(), index):
+            if key not in buffers or not torch.equal(value.long(), buffers[key]):
                 raise ConversionError(f"{key} does not match window_size {model.config.window_size}")
             continue
         converted[key] = value

@@ -7,10 +7,11 @@ utilization; prints a table, writes a CSV and a rate–distortion plot.
 import argparse
 import sys
 
-from esc_hf.audio_io import AudioFileError
+from esc_hf.codec.audio_io import AudioFileError
 from esc_hf import load_model
-from esc_hf.training.data import decode_files, list_audio_files
-from esc_hf.plotting import plot_rate_distortion
+from esc_hf.codec.audio_io import list_audio_files
+from esc_hf.training.data import decode_files
+from esc_hf.eval.plotting import plot_rate_distortion
 from esc_hf.training.evaluation import evaluate_codec, format_table, write_csv
 
 

@@ -7,7 +7,7 @@ The same as `esc report IN_DIR OUT_DIR`; open OUT_DIR/index.html in any browser.
 
 import argparse
 
-from esc_hf.report import make_report
+from esc_hf.eval.report import make_report
 
 
 def main() -> None:

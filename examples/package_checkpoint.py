@@ -25,10 +25,10 @@ import bench_bf16_quality  # noqa: E402
 import compare_codecs  # noqa: E402
 
 from esc_hf import EscFeatureExtractor, EscModel  # noqa: E402
-from esc_hf.io_utils import atomic_directory  # noqa: E402
+from esc_hf.utils.atomic_files import atomic_directory  # noqa: E402
 from esc_hf.training.arguments import parse_arguments  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from esc_hf.model_card import write_model_card  # noqa: E402
+from esc_hf.eval.model_card import write_model_card  # noqa: E402
 from esc_hf.training.evaluation import write_csv  # noqa: E402
 
 DATA = """## Training data

@@ -38,8 +38,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from esc_hf.audio_io import AudioFileError, save_audio
-from esc_hf.io_utils import atomic_file
+from esc_hf.codec.audio_io import AudioFileError, save_audio
+from esc_hf.utils.atomic_files import atomic_file
 
 HERE = Path(__file__).resolve().parent
 MANIFESTS = {"train": HERE / "data" / "speech_train_manifest.csv", "val": HERE / "data" / "speech_val_manifest.csv"}

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from esc_hf.audio_io import load_audio, save_audio
+from esc_hf.codec.audio_io import load_audio, save_audio
 from esc_hf import load_model
-from esc_hf.tokens import codes_to_tokens, tokens_to_codes, vocab_size
+from esc_hf.codec.tokens import codes_to_tokens, tokens_to_codes, vocab_size
 
 
 def main() -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from esc_hf import DEFAULT_MODEL, EscModel
-from esc_hf.audio_io import load_audio
-from esc_hf.metrics import pesq_wb
+from esc_hf.codec.audio_io import load_audio
+from esc_hf.eval.metrics import pesq_wb
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_bf16_quality.py"
 CLIPS = Path(__file__).parent / "data"

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esc_hf import EscConfig, EscModel
-from esc_hf.bitstream import (
+from esc_hf.codec.bitstream import (
     HEADER_SIZE,
     MAX_BITS_PER_CODE,
     MAX_GROUPS,
@@ -28,12 +28,11 @@ from esc_hf.bitstream import (
     PacketReader,
     PacketWriter,
     TruncatedError,
-    frames_for_samples,
     pack,
     unpack,
 )
 from esc_hf.cli import load_model, main
-from esc_hf.streaming import EscStreamingDecoder, EscStreamingEncoder, decode_file, encode_file
+from esc_hf.codec.streaming import EscStreamingDecoder, EscStreamingEncoder, decode_file, encode_file
 
 
 @pytest.fixture(scope="module")
@@ -381,7 +380,7 @@ def _decodes_or_says_why(data: bytes, model=None) -> bool:
             config.bits_per_codebook,
         )
         assert header.num_streams <= config.num_streams
-        assert frames_for_samples(model, header.num_samples) == header.num_frames
+        assert model.config.code_frames_for_samples(header.num_samples) == header.num_frames
     return True
 
 

@@ -16,7 +16,7 @@ from conftest import SPEECH
 
 from esc_hf import DEFAULT_MODEL, EscModel
 from esc_hf.cli import main
-from esc_hf.metrics import pesq_wb, si_sdr
+from esc_hf.eval.metrics import pesq_wb, si_sdr
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "esc-base"
@@ -105,7 +105,13 @@ def test_folder_holds_what_the_card_promises():
         assert needed in card, needed
 
 
-@pytest.mark.parametrize("name", ["modeling_esc.py", "configuration_esc.py", "feature_extraction_esc.py"])
-def test_remote_code_is_the_package_code(name):
-    """trust_remote_code loads these copies: they must be the package's code, not an older version of it."""
-    assert (CHECKPOINT / name).read_bytes() == (ROOT / "esc_hf" / name).read_bytes(), f"copy esc_hf/{name} there"
+MODEL_FILES = ROOT / "esc_hf" / "models" / "esc"
+
+
+def test_remote_code_is_the_package_code():
+    """trust_remote_code loads these copies: they must be the package's model files, all of them, not an older
+    version of them."""
+    package = sorted(p.name for p in MODEL_FILES.glob("*_esc.py"))
+    assert sorted(p.name for p in CHECKPOINT.glob("*.py")) == package
+    for name in package:
+        assert (CHECKPOINT / name).read_bytes() == (MODEL_FILES / name).read_bytes(), f"copy {MODEL_FILES / name} there"

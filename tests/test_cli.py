@@ -10,7 +10,7 @@ import torch
 from conftest import SPEECH
 
 from esc_hf import load_model
-from esc_hf.bitstream import HEADER_SIZE, unpack
+from esc_hf.codec.bitstream import HEADER_SIZE, unpack
 from esc_hf.cli import main
 
 
@@ -83,12 +83,12 @@ def test_help_for_each_verb(verb, tmp_path, capsys):
     import argparse
 
     from esc_hf import EscConfig
-    from esc_hf.audio_io import AudioSource, open_audio_sink
+    from esc_hf.codec.audio_io import AudioSource, open_audio_sink
     from esc_hf.cli import build_parser
-    from esc_hf.codecs import all_codecs
-    from esc_hf.loading import DEFAULT_MODEL
-    from esc_hf.report import DEFAULT_CODECS, DEFAULT_KBPS
-    from esc_hf.streaming import FILE_CHUNK_FRAMES
+    from esc_hf.eval.baselines import all_codecs
+    from esc_hf.codec.loading import DEFAULT_MODEL
+    from esc_hf.eval.report import DEFAULT_CODECS, DEFAULT_KBPS
+    from esc_hf.codec.streaming import FILE_CHUNK_FRAMES
 
     with pytest.raises(SystemExit) as exit_:
         main([verb, "--help"])
@@ -191,7 +191,7 @@ def test_file_lengths_and_sizes(tmp_path):
         assert main(["encode", str(tmp_path / "in.wav"), str(tmp_path / "x.esc"), "--kbps", "1.5"]) == 0
         assert main(["decode", str(tmp_path / "x.esc"), str(tmp_path / "x.wav")]) == 0
         assert sf.info(str(tmp_path / "x.wav")).frames == length
-        frames = (model.padded_length(length) + 80) // 320
+        frames = model.config.code_frames_for_samples(length)
         packets = -(-frames // 50)
         assert (tmp_path / "x.esc").stat().st_size == HEADER_SIZE + packets * 8 + 2 + sum(
             -(-min(50, frames - s) * 30 // 8) for s in range(0, frames, 50)

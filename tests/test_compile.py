@@ -14,11 +14,11 @@ def test_compile_captures_the_network_in_one_graph_and_matches_eager():
     # fullgraph=True fails on any graph break. aot_eager runs the captured graph through AOTAutograd without code
     # generation: it checks what inductor would compile in seconds; the benchmark times inductor on ESC-Base.
     encode = torch.compile(model.encode, backend="aot_eager", fullgraph=True)
-    decode = torch.compile(model._decode_stft, backend="aot_eager", fullgraph=True)
+    decode = torch.compile(model.decode_stft, backend="aot_eager", fullgraph=True)
     with torch.inference_mode():
         codes = encode(waveform, num_streams=6).audio_codes
         assert torch.equal(codes, fixture.outputs["codes_6"])
-        torch.testing.assert_close(decode(codes), model._decode_stft(codes), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(decode(codes), model.decode_stft(codes), atol=1e-5, rtol=1e-5)
         # decode() itself breaks only where it checks the code values (a data-dependent ValueError), before the
         # network.
         explanation = torch._dynamo.explain(model.decode)(codes)

@@ -61,7 +61,7 @@ def test_unknown_and_missing_keys_are_named():
 
 
 def test_authors_config_quirks():
-    # ablations/9kbps_csvq_conv.yaml says codebook_dim for ESC; rvq+conv gives a uniform list (ESC_SPEC §8 Q6).
+    # ablations/9kbps_csvq_conv.yaml says codebook_dim for ESC; rvq+conv gives a uniform list (the authors' configs name it both ways).
     assert config_from_authors({"codebook_dim": 8, "backbone": "convolution"}, "csvq+conv").codebook_dims == [8] * 6
     rvq = config_from_authors({"codebook_dim": [8] * 6, "num_rvqs": 6, "backbone": "convolution"}, "rvq+conv")
     assert rvq.quantizer == "rvq" and rvq.codebook_dims == [8] * 6

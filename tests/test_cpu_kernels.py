@@ -1,4 +1,4 @@
-"""The bf16 backbone's CPU kernels (esc_hf/cpu_kernels.py): window attention against float32 SDPA, the residual
+"""The bf16 backbone's CPU kernels (esc_hf/kernels/cpu_kernels.py): window attention against float32 SDPA, the residual
 add against aten, both in the model, and the fallback where they cannot be built."""
 
 import os
@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import get_fixture
-from esc_hf import cpu_kernels
+from esc_hf.kernels import cpu_kernels
 
 needs_kernels = pytest.mark.skipif(not cpu_kernels.enabled(), reason="no C++ toolchain to build esc_hf's CPU kernels")
 

@@ -59,7 +59,7 @@ print(json.dumps({"cls": type(model).__module__, "fe": type(fe).__name__, "equal
         {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache / "cache"), "HF_HOME": str(tmp_path / "home")},
         tmp_path,
     )
-    assert result == {"cls": "esc_hf.modeling_esc", "fe": "EscFeatureExtractor", "equal": True}
+    assert result == {"cls": "esc_hf.models.esc.modeling_esc", "fe": "EscFeatureExtractor", "equal": True}
 
 
 def test_remote_code_without_esc_hf(hub_cache, tmp_path):
@@ -89,3 +89,29 @@ print(json.dumps({"module": type(model).__module__.split(".")[0], "fe": type(fe)
         tmp_path,
     )
     assert result == {"module": "transformers_modules", "fe": "EscFeatureExtractor", "equal": True, "esc_hf": False}
+
+
+def test_remote_code_leaves_an_installed_esc_hf_alone(hub_cache, tmp_path):
+    """With esc_hf installed, the remote-code copy still runs its own files only: an installed esc_hf may be another
+    version than the one that saved the model. Every file the modeling file imports was saved beside it."""
+    saved = {p.name for p in (hub_cache / "converted").glob("*.py")}
+    assert saved == {"configuration_esc.py", "modeling_esc.py", "inference_esc.py", "feature_extraction_esc.py"}
+    result = run_python(
+        REFERENCE_CODES
+        + """
+import sys, warnings
+from transformers import AutoModel
+model = AutoModel.from_pretrained("org/esc-tiny", trust_remote_code=True).eval()
+codes = model.encode(x, num_streams=4).audio_codes  # the eager inference forms
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")  # on a CPU without bf16 instructions: slow, not wrong
+    model.set_backbone_dtype(torch.bfloat16)  # where the installed package's CPU kernels would be loaded
+model.encode(x, num_streams=4)
+print(json.dumps({"module": type(model).__module__.split(".")[0], "equal": bool(torch.equal(codes, expected)),
+                  "esc_hf": any(name.split(".")[0] == "esc_hf" for name in sys.modules)}))
+""",
+        {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(hub_cache / "cache"), "HF_HOME": str(tmp_path / "home"),
+         "HF_MODULES_CACHE": str(tmp_path / "modules")},
+        tmp_path,
+    )
+    assert result == {"module": "transformers_modules", "equal": True, "esc_hf": False}

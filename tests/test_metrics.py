@@ -4,7 +4,7 @@ import soundfile as sf
 import torch
 
 from conftest import SPEECH
-from esc_hf.metrics import code_utilization, mel_distance, pesq_wb, si_sdr, stoi
+from esc_hf.eval.metrics import code_utilization, mel_distance, pesq_wb, si_sdr, stoi
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import get_fixture
 from esc_hf.export_onnx import ExportError, export_onnx, main
-from esc_hf.onnx_runtime import EscOnnxModel
+from esc_hf.codec.onnx_runtime import EscOnnxModel
 
 
 pytest.importorskip("onnxruntime")  # the `test` extra installs it; a bare install without it skips here, not fails

@@ -9,10 +9,10 @@ import pytest
 import soundfile as sf
 from conftest import SPEECH
 
-from esc_hf import report
+from esc_hf.eval import report
 from esc_hf.cli import load_model, main
-from esc_hf.codecs import OpusCodec
-from esc_hf.metrics import METRICS, pesq_wb
+from esc_hf.eval.baselines import OpusCodec
+from esc_hf.eval.metrics import METRICS, pesq_wb
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 

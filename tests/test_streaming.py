@@ -7,8 +7,8 @@ import torch
 from conftest import SPEECH, get_fixture
 
 from esc_hf import EscConfig, EscModel
-from esc_hf.bitstream import HEADER_SIZE, CorruptError, ModelMismatchError, TruncatedError, unpack
-from esc_hf.streaming import (
+from esc_hf.codec.bitstream import HEADER_SIZE, CorruptError, ModelMismatchError, TruncatedError, unpack
+from esc_hf.codec.streaming import (
     ChunkedDecoder,
     ChunkedEncoder,
     ChunkPlan,

@@ -8,7 +8,7 @@ import torch
 from conftest import SPEECH
 
 from esc_hf import EscConfig, load_model
-from esc_hf.tokens import codes_to_tokens, tokens_to_codes, vocab_size
+from esc_hf.codec.tokens import codes_to_tokens, tokens_to_codes, vocab_size
 
 
 @pytest.fixture(scope="module")

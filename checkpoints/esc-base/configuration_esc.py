@@ -7,7 +7,8 @@ from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import PreTrainedConfig
 
 
-# Published variants (ESC_SPEC §5). Everything not listed here is shared by all of them.
+# The published variants (the paper's ESC-Base, ESC-Base with the adversarial loss, ESC-Large). Everything not
+# listed here is shared by all of them.
 ESC_VARIANTS = {
     "esc-base": {"depth": 2, "codebook_dims": [32, 32, 16, 12, 8, 6]},
     "esc-base-adv": {"depth": 2, "codebook_dims": [8, 8, 8, 8, 8, 8]},
@@ -233,5 +234,44 @@ class EscConfig(PreTrainedConfig):
             raise ValueError(f"num_streams must be between 1 and {self.num_streams}, got {num_streams}")
         return num_streams * self.bitrate_per_stream / 1000
 
+    def resolve_num_streams(self, num_streams: int | None = None, bandwidth: float | None = None) -> int:
+        """The streams that `num_streams` or `bandwidth` (kbps) ask for, checked; all streams when neither is given."""
+        if num_streams is not None and bandwidth is not None:
+            raise ValueError("give num_streams or bandwidth, not both")
+        if bandwidth is not None:
+            return self.num_streams_for_bandwidth(bandwidth)
+        if num_streams is None:
+            return self.num_streams
+        if isinstance(num_streams, bool) or not isinstance(num_streams, int) or not 1 <= num_streams <= self.num_streams:
+            raise ValueError(f"num_streams must be an integer from 1 to {self.num_streams}, got {num_streams!r}")
+        return num_streams
 
-__all__ = ["EscConfig", "ESC_VARIANTS"]
+    @property
+    def frames_per_code(self) -> int:
+        """STFT frames per code frame (4 for ESC)."""
+        return self.patch_size[1] * self.overlap
+
+    def padded_length(self, num_samples: int) -> int:
+        """The length `num_samples` samples are zero-padded to before the STFT (see [`esc_padded_length`])."""
+        return esc_padded_length(num_samples, self.hop_length, self.frames_per_code, self.n_fft)
+
+    def code_frames_for_samples(self, num_samples: int) -> int:
+        """Code frames that `EscModel.encode` makes of `num_samples` samples (51 for 1 s of ESC)."""
+        return (self.padded_length(num_samples) + self.hop_length) // self.samples_per_code_frame
+
+    def samples_for_code_frames(self, code_frames: int) -> int:
+        """Samples that `EscModel.decode` makes of `code_frames` code frames without a padding mask
+        (`320 * code_frames - 80` for ESC): at least the samples that were encoded, then cropped by the caller."""
+        return code_frames * self.samples_per_code_frame - self.hop_length
+
+
+def esc_padded_length(length: int, hop_length: int, frames_per_code: int, n_fft: int) -> int:
+    """Smallest length `>= length` that ESC round-trips exactly, `hop * (frames_per_code * k - 1)` (80·(4k−1) for
+    ESC): its STFT has a multiple of `frames_per_code` frames, and reflect padding needs more than `n_fft / 2`."""
+    k = max(1, math.ceil((length / hop_length + 1) / frames_per_code))
+    while hop_length * (frames_per_code * k - 1) <= n_fft // 2:
+        k += 1
+    return hop_length * (frames_per_code * k - 1)
+
+
+__all__ = ["EscConfig", "ESC_VARIANTS", "esc_padded_length"]

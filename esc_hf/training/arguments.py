@@ -1,4 +1,5 @@
-"""Every training option with its default (the paper's recipe, ESC_SPEC §6), read from YAML and the command line."""
+"""Every training option with its default (the defaults are the paper's recipe), read from YAML and the command
+line."""
 
 import dataclasses
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 import yaml
 from transformers import HfArgumentParser
 
-from ..configuration_esc import ESC_VARIANTS, EscConfig
+from ..models.esc.configuration_esc import ESC_VARIANTS, EscConfig
 
 
 @dataclass

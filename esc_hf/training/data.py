@@ -14,20 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from ..audio_io import AudioFileError, load_audio
-
-
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
-
-
-def list_audio_files(folder: str | Path) -> list[Path]:
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise ValueError(f"audio folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
-    if not files:
-        raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {folder}")
-    return files
+from ..codec.audio_io import AudioFileError, load_audio
 
 
 def split_files(files: list[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:
@@ -77,7 +64,7 @@ def cached_concatenation(files: list[Path], cache_dir: Path, sampling_rate: int 
     key = hashlib.sha1(json.dumps([[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]).encode())
     path = Path(cache_dir) / f"audio-{sampling_rate}-{key.hexdigest()[:16]}.npy"
     if not path.exists():
-        from ..io_utils import atomic_file
+        from ..utils.atomic_files import atomic_file
 
         audio = np.concatenate(decode_files(files, sampling_rate)).astype(np.float32)
         with atomic_file(path) as handle:

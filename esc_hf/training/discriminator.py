@@ -1,4 +1,4 @@
-"""The adversarial option (ESC-Base-adv, ESC_SPEC §6.6): DAC's multi-period and multi-band multi-resolution STFT
+"""The adversarial option (the paper's ESC-Base-adv variant): DAC's multi-period and multi-band multi-resolution STFT
 discriminators with a least-squares GAN loss and feature matching."""
 
 import torch

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..io_utils import atomic_file
-from ..metrics import METRICS, code_utilization, mel_distance, pesq_wb, si_sdr, stoi
+from ..utils.atomic_files import atomic_file
+from ..eval.metrics import METRICS, code_utilization, mel_distance, pesq_wb, si_sdr, stoi
 
 
 

@@ -1,10 +1,10 @@
-"""ESC's non-adversarial objective (ESC_SPEC §6.2): power-law complex-STFT MSE, multi-scale mel L1, VQ losses."""
+"""ESC's non-adversarial objective, as in the paper: power-law complex-STFT MSE, multi-scale mel L1, VQ losses."""
 
 import torch
 import torch.nn as nn
-from transformers.audio_utils import mel_filter_bank
 
-from ..modeling_esc import EscOutput
+from ..eval.metrics import MultiScaleMel
+from ..models.esc.modeling_esc import EscOutput
 
 
 def power_law_stft_loss(stft: torch.Tensor, reconstructed: torch.Tensor, power: float = 0.3, eps: float = 1e-10):
@@ -16,43 +16,10 @@ def power_law_stft_loss(stft: torch.Tensor, reconstructed: torch.Tensor, power: 
     return (compress(stft) - compress(reconstructed)).pow(2).mean([1, 2, 3])
 
 
-class MultiScaleMelLoss(nn.Module):
+class MultiScaleMelLoss(MultiScaleMel):
     """Sum over window sizes of `mean|M_x - M_y| + mean|log10(max(M_x, eps)^2) - log10(max(M_y, eps)^2)|`, where
-    `M` is a magnitude (power 1) HTK mel spectrogram with hop `window // 4`, centred with reflect padding → `(B,)`.
+    `M` is [`MultiScaleMel`]'s spectrogram → `(B,)`.
     """
-
-    def __init__(
-        self,
-        sampling_rate: int = 16000,
-        window_lengths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048),
-        num_mel_bins: tuple[int, ...] = (5, 10, 20, 40, 80, 160, 320),
-        clamp_eps: float = 1e-5,
-    ):
-        super().__init__()
-        if len(window_lengths) != len(num_mel_bins):
-            raise ValueError("window_lengths and num_mel_bins need one entry per scale")
-        self.window_lengths, self.clamp_eps = list(window_lengths), clamp_eps
-        for i, (window, mels) in enumerate(zip(window_lengths, num_mel_bins)):
-            filters = mel_filter_bank(
-                num_frequency_bins=window // 2 + 1,
-                num_mel_filters=mels,
-                min_frequency=0.0,
-                max_frequency=sampling_rate / 2,
-                sampling_rate=sampling_rate,
-                norm=None,
-                mel_scale="htk",
-            )
-            self.register_buffer(f"filters_{i}", torch.tensor(filters, dtype=torch.float32), persistent=False)
-            self.register_buffer(f"window_{i}", torch.hann_window(window), persistent=False)
-
-    def mel(self, audio: torch.Tensor, scale: int) -> torch.Tensor:
-        """Mel magnitudes `(B, mels, frames)` of `audio` `(B, L)` at scale index `scale`."""
-        window = self.window_lengths[scale]
-        spec = torch.stft(
-            audio, n_fft=window, hop_length=window // 4, win_length=window, window=getattr(self, f"window_{scale}"),
-            center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True,
-        ).abs()  # fmt: skip
-        return (spec.transpose(-1, -2) @ getattr(self, f"filters_{scale}")).transpose(-1, -2)
 
     def forward(self, audio: torch.Tensor, reconstructed: torch.Tensor) -> torch.Tensor:
         loss = 0.0

@@ -1,4 +1,5 @@
-"""The training loop: the paper's recipe (ESC_SPEC §6) under Accelerate, on one CPU, one GPU or many.
+"""The training loop: the paper's recipe (warm start, then quantizer dropout) under Accelerate, on one CPU, one
+GPU or many.
 
 Schedule: a warm start of `warm_start_steps` steps with the quantizers bypassed (projections trained, codebooks
 left exactly as they are: their learning rate is 0), then quantization on with quantizer dropout and the optimizer
@@ -27,11 +28,12 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..feature_extraction_esc import EscFeatureExtractor
-from ..io_utils import atomic_directory, atomic_file
-from ..model_card import write_model_card
-from ..plotting import plot_rate_distortion, plot_val_curve
-from ..modeling_esc import EscModel
+from ..codec.audio_io import list_audio_files
+from ..eval.model_card import write_model_card
+from ..eval.plotting import plot_rate_distortion, plot_val_curve
+from ..models.esc.feature_extraction_esc import EscFeatureExtractor
+from ..models.esc.modeling_esc import EscModel
+from ..utils.atomic_files import atomic_directory, atomic_file
 from .arguments import TrainingArguments
 from .data import (
     RandomCropDataset,
@@ -39,7 +41,6 @@ from .data import (
     cached_concatenation,
     decode_example,
     decode_files,
-    list_audio_files,
     load_hf_dataset,
     overlap_warning,
     split_files,

@@ -3,7 +3,7 @@ atomically)."""
 
 from pathlib import Path
 
-from .io_utils import atomic_file
+from ..utils.atomic_files import atomic_file
 from .metrics import METRICS
 
 LABELS = {"pesq": "PESQ-WB ↑", "stoi": "STOI ↑", "mel_distance": "mel distance ↓", "si_sdr": "SI-SDR (dB) ↑"}

@@ -7,7 +7,8 @@ from transformers.feature_extraction_sequence_utils import SequenceFeatureExtrac
 from transformers.feature_extraction_utils import BatchFeature
 from transformers.utils import PaddingStrategy, TensorType, logging
 
-from .modeling_esc import esc_istft, esc_padded_length, esc_stft
+from .configuration_esc import esc_padded_length
+from .modeling_esc import esc_istft, esc_stft
 
 
 logger = logging.get_logger(__name__)

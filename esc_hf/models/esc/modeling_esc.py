@@ -8,9 +8,7 @@ Swin layers keep tokens as `(B, H*W, C)` (row-major over `(h, w)`), the CNN back
 """
 
 import math
-import warnings
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn as nn
@@ -19,13 +17,7 @@ from transformers import initialization as init
 from transformers.modeling_utils import PreTrainedAudioTokenizerBase
 from transformers.utils import ModelOutput
 
-from .configuration_esc import EscConfig
-
-
-try:  # The package's CPU kernels for the bf16 backbone; a remote-code copy without esc_hf installed goes without.
-    from esc_hf import cpu_kernels as _cpu_kernels
-except ImportError:
-    _cpu_kernels = None
+from .configuration_esc import EscConfig, esc_padded_length
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -128,20 +120,10 @@ def esc_istft(stft: torch.Tensor, window: torch.Tensor, n_fft: int, hop_length: 
     )
 
 
-def esc_padded_length(length: int, hop_length: int, frames_per_code: int, n_fft: int) -> int:
-    """Smallest length `>= length` that ESC round-trips exactly, `hop * (frames_per_code * k - 1)` (80·(4k−1) for
-    ESC): its STFT has a multiple of `frames_per_code` frames, and reflect padding needs more than `n_fft / 2`."""
-    k = max(1, math.ceil((length / hop_length + 1) / frames_per_code))
-    while hop_length * (frames_per_code * k - 1) <= n_fft // 2:
-        k += 1
-    return hop_length * (frames_per_code * k - 1)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Swin backbone
 
 
-@lru_cache(maxsize=64)
 def _shift_window_mask(padded_height: int, padded_width: int, window_size: int, device: torch.device):
     """Additive mask `(num_windows, ws², ws²)` that stops shifted windows from mixing regions that the cyclic
     shift brought together: 0 within a region, -100 across (the authors' value, not -inf)."""
@@ -178,81 +160,6 @@ def _window_merge(windows: torch.Tensor, window_size: int, height: int, width: i
     return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, height, width, channels)
 
 
-@dataclass(frozen=True)
-class _WindowPlan:
-    """Gather indices that keep a Swin stage's tokens in window order between its blocks (inference path).
-
-    Every token layout here is a flat `(rows, C)` tensor. `to_window[s]` gathers the grid tokens `(B*H*W, C)` into
-    the window order of shift `s`: the padded, rolled grid cut into `ws × ws` windows, row-major tokens inside each
-    window, exactly as pad + roll + partition would give, except that for a shifted order the windows that
-    straddle the cyclic seam (the only ones with a nonzero shift mask) come after all the others, `interior[s]`
-    windows in. Padding positions gather row 0: their values never matter, because the first norm's output is
-    zeroed on the rows that `padding[s]` lists, as the zero padding of the plain path is. `switch[(a, b)]`
-    re-orders from shift `a` to `b`, `to_grid[s]` returns to the cropped grid and `to_merge[s]` (even H only)
-    straight to `EscPatchMerge`'s row pairs; `border_mask[s]` is the shift mask of the seam windows, in their
-    order. `real[s]` lists the rows of real tokens where padding is at least a quarter of the rows (a bottleneck
-    lower than one window), else None.
-    """
-
-    to_window: dict
-    switch: dict
-    to_grid: dict
-    to_merge: dict
-    padding: dict
-    interior: dict
-    border_mask: dict
-    real: dict
-
-
-@lru_cache(maxsize=64)
-def _window_plan(batch: int, height: int, width: int, window_size: int, device: torch.device) -> _WindowPlan:
-    ws, shift = window_size, window_size // 2
-    hp, wp = math.ceil(height / ws) * ws, math.ceil(width / ws) * ws
-    padded = (hp, wp) != (height, width)
-    item = torch.arange(batch)[:, None, None, None] * (hp * wp)
-    row, col = torch.arange(hp)[:, None], torch.arange(wp)[None, :]
-    real = ((row < height) & (col < width)).expand(hp, wp)
-    # Index of every padded-grid position in the grid tokens (row 0 for padding).
-    source = torch.arange(batch)[:, None, None] * (height * width) + row * width + col
-    source = source.masked_fill(~real, 0)
-    orders, inverse = {}, {}
-    to_window, padding, interior, border_mask, real_rows = {}, {}, {}, {}, {}
-    for s in sorted({0, shift}):
-        # Rolling by -s puts padded position ((r + s) % hp, (c + s) % wp) at (r, c).
-        grid = ((row + s) % hp) * wp + (col + s) % wp
-        windows = grid.view(hp // ws, ws, wp // ws, ws).transpose(1, 2).reshape(-1, ws * ws)
-        positions = item[:, :, 0, 0][..., None] + windows[None]  # (B, nW, N)
-        if s:
-            mask = _shift_window_mask(hp, wp, ws, torch.device("cpu"))
-            seam = (mask != 0).flatten(1).any(1)
-            positions = torch.cat([positions[:, ~seam].reshape(-1), positions[:, seam].reshape(-1)])
-            interior[s] = batch * int((~seam).sum())
-            border_mask[s] = mask[seam][:, None].repeat(batch, 1, 1, 1).to(device)
-        order = positions.reshape(-1)
-        orders[s], inverse[s] = order, torch.argsort(order)
-        to_window[s] = source.reshape(-1)[order].to(device)
-        is_real = real.reshape(-1).repeat(batch)[order]
-        padding[s] = (~is_real).nonzero()[:, 0].to(device) if padded else None
-        real_rows[s] = is_real.nonzero()[:, 0].to(device) if 4 * int(is_real.sum()) <= 3 * is_real.numel() else None
-    switch = {(a, b): inverse[a][orders[b]].to(device) for a in orders for b in orders if a != b}
-    grid_positions = (item[..., 0] + row * wp + col)[:, :height, :width].reshape(-1)
-    to_grid = {s: inverse[s][grid_positions].to(device) for s in orders}
-    to_merge = {}
-    for s in orders:
-        if height % 2:
-            to_merge[s] = None
-            continue
-        # (b, h', w, t) ← grid row 2h' + t: PatchMerge's concatenation of two rows on channels.
-        pairs = item[..., 0, None] + (2 * row[: height // 2, :, None] + torch.arange(2)) * wp + col[..., None]
-        to_merge[s] = inverse[s][pairs[:, :, :width].reshape(-1)].to(device)
-    return _WindowPlan(to_window, switch, to_grid, to_merge, padding, interior, border_mask, real_rows)
-
-
-# Largest float32 temporary the bf16 CPU attention makes at once (see `EscWindowAttention.attend_qkv`): small enough
-# to stay in a core's L2 cache.
-_FLOAT32_SLICE_BYTES = 2**20
-
-
 class _Linear(nn.Linear):
     """`nn.Linear` that takes its input in its own dtype: with a bf16 backbone
     ([`EscModel.set_backbone_dtype`]) the LayerNorms and the residual stream stay float32 and only the matmuls run
@@ -262,51 +169,13 @@ class _Linear(nn.Linear):
         return super().forward(x.to(self.weight.dtype))
 
 
-@lru_cache(maxsize=None)
-def _cpu_has_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX), as oneDNN sees it."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-
-
-def _onednn_linear(x: torch.Tensor, linear: nn.Linear, activation: str) -> torch.Tensor | None:
-    """`linear(x)` followed by `activation` ("none" or "gelu", erf form) as one oneDNN call on the CPU, or None
-    where that does not apply. It adds the bias inside the GEMM (aten's addmm first copies the broadcast bias into
-    the output) and applies GELU as a post-op (no second pass over the largest activation, no fresh buffer);
-    values equal the separate ops up to float rounding."""
-    if (
-        torch.compiler.is_compiling()  # inductor makes its own oneDNN fusions; checked first, nothing to trace
-        or x.device.type != "cpu"
-        or x.dim() != 2
-        or x.dtype not in (torch.float32, torch.bfloat16)
-        or x.dtype != linear.weight.dtype
-        or linear.bias is None
-        or not torch.backends.mkldnn.is_available()
-        or torch.is_autocast_enabled("cpu")
-        # oneDNN has no bf16 GEMM on CPUs without AVX512-BF16/AMX (it fails to create the primitive); aten's
-        # linear still computes it there, slowly
-        or (x.dtype == torch.bfloat16 and not _cpu_has_bf16())
-    ):
-        return None
-    algorithm = "none" if activation == "gelu" else ""
-    scalars = [None] if algorithm else []
-    return torch.ops.mkldnn._linear_pointwise(x, linear.weight, linear.bias, activation, scalars, algorithm)
-
-
-def _inference_linear(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    x = x.to(linear.weight.dtype)
-    out = _onednn_linear(x.reshape(-1, x.shape[-1]), linear, "none")
-    return linear(x) if out is None else out.view(*x.shape[:-1], -1)
-
-
-def _linear_gelu(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
-    x = x.to(linear.weight.dtype)
-    out = _onednn_linear(x, linear, "gelu")
-    return F.gelu(linear(x)) if out is None else out
-
-
-def _add_(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """`x.add_(y)` on the residual stream; one pass, with the package's CPU kernel, for a bf16 backbone's branch."""
-    return x.add_(y) if _cpu_kernels is None else _cpu_kernels.add_(x, y)
+def fused_window_attention(qkv: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
+    """Attention of `qkv` `(B, N, 3, heads, d)` with the additive `bias` `(B or 1, heads, N, N)` in PyTorch's fused
+    kernel → `(B, N, heads * d)`; the same values as the explicit softmax up to float rounding."""
+    query, key, value = qkv.permute(2, 0, 3, 1, 4)
+    out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=scale)
+    # The CPU kernel returns (B, heads, N, d) as a transposed view of (B, N, heads, d): this reshape is free.
+    return out.transpose(1, 2).reshape(qkv.shape[0], qkv.shape[1], -1)
 
 
 class EscWindowAttention(nn.Module):
@@ -329,61 +198,24 @@ class EscWindowAttention(nn.Module):
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         return bias.view(tokens, tokens, -1).permute(2, 0, 1).unsqueeze(0)
 
-    def forward(self, windows: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`windows` `(B * nW, N, C)`, `mask` `(nW, N, N)` or None → `(B * nW, N, C)`."""
+    def forward(self, windows: torch.Tensor, mask: torch.Tensor | None = None, fused: bool = False) -> torch.Tensor:
+        """`windows` `(B * nW, N, C)`, `mask` `(nW, N, N)` or None → `(B * nW, N, C)`. `fused` runs PyTorch's
+        fused attention (inference only: its backward moves the gradient norm by ~1e-3 from the authors')."""
         batch_windows, tokens, channels = windows.shape
-        bias = self.position_bias()
-        if not torch.is_grad_enabled():
-            # Inference: the fused kernel is 1.3-1.5x faster over the whole encoder and moves outputs by ~1e-7.
+        qkv = self.qkv(windows).reshape(batch_windows, tokens, 3, self.num_heads, channels // self.num_heads)
+        if fused:
+            bias = self.position_bias()
             if mask is not None:
                 bias = (bias + mask[:, None].to(bias.dtype)).repeat(batch_windows // mask.shape[0], 1, 1, 1)
-            return self.attend(windows, bias)
-        # Training keeps the authors' op order: the fused kernel's backward moves the gradient norm by ~1e-3.
-        qkv = self.qkv(windows).reshape(batch_windows, tokens, 3, self.num_heads, channels // self.num_heads)
+            return self.proj(fused_window_attention(qkv, bias, self.scale))
         query, key, value = qkv.permute(2, 0, 3, 1, 4)
-        attn = (query * self.scale) @ key.transpose(-2, -1) + bias
+        attn = (query * self.scale) @ key.transpose(-2, -1) + self.position_bias()
         if mask is not None:
             num_windows = mask.shape[0]
             attn = attn.view(-1, num_windows, self.num_heads, tokens, tokens) + mask[None, :, None].to(attn.dtype)
             attn = attn.view(-1, self.num_heads, tokens, tokens)
         out = attn.softmax(dim=-1) @ value
         return self.proj(out.transpose(1, 2).reshape(batch_windows, tokens, channels))
-
-    def attend(self, windows: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """Inference attention on `windows` `(B * nW, N, C)`: the position `bias` `(1, heads, N, N)`, plus the shift
-        `mask` `(B * nW, 1, N, N)` of these windows where it is nonzero."""
-        batch_windows, tokens, _ = windows.shape
-        qkv = _inference_linear(windows, self.qkv).view(batch_windows, tokens, 3, self.num_heads, -1)
-        return _inference_linear(self.attend_qkv(qkv, bias, mask), self.proj)
-
-    def attend_qkv(self, qkv: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        """`attend` from the projected `qkv` `(B * nW, N, 3, heads, d)`, before the output projection."""
-        batch_windows, tokens, _, heads, head_dim = qkv.shape
-        if _cpu_kernels is not None and _cpu_kernels.supports_attention(qkv, bias, mask):
-            # 3-4x faster than the float32 slices below: no conversion passes, no per-window overhead.
-            return _cpu_kernels.window_attention(qkv, bias, mask, self.scale)
-        if qkv.device.type == "cpu" and qkv.dtype == torch.bfloat16:
-            # Without the fused kernel (esc_hf.cpu_kernels): aten's attention.
-            # The CPU kernel is ~1.5x slower in bf16 than in float32 on 16-token windows (per-window overhead), so
-            # it runs in float32, on slices of windows that stay in the L2 cache, with the same values: at the
-            # finest scale (4008 windows for 10 s, 2 threads) this call takes 18.4 ms in 1 MiB slices, 20.3 ms in
-            # 16 MiB ones and 25.4 ms with one float32 copy of the whole qkv (35 MB). The mask is added per slice
-            # too: at the bottleneck every window is on the seam, and a (windows, heads, N, N) bias is 6 MB.
-            out = qkv.new_empty(batch_windows, tokens, heads * head_dim)
-            step = max(1, _FLOAT32_SLICE_BYTES // (4 * qkv[0].numel()))
-            bias = bias.float()
-            for start in range(0, batch_windows, step):
-                part = slice(start, start + step)
-                out[part] = self._attention(qkv[part].float(), bias if mask is None else bias + mask[part])
-            return out
-        return self._attention(qkv, bias if mask is None else bias + mask.to(bias.dtype))
-
-    def _attention(self, qkv: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-        """`qkv` `(B, N, 3, heads, d)` → `(B, N, heads * d)`."""
-        query, key, value = qkv.permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias, scale=self.scale)
-        # The CPU kernel returns (B, heads, N, d) as a transposed view of (B, N, heads, d): this reshape is free.
-        return out.transpose(1, 2).reshape(qkv.shape[0], qkv.shape[1], -1)
 
 
 class EscMlp(nn.Module):
@@ -394,8 +226,6 @@ class EscMlp(nn.Module):
         self.linear_2 = _Linear(hidden_dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_grad_enabled():
-            return _inference_linear(_linear_gelu(x, self.linear_1), self.linear_2)
         return self.linear_2(self.act(self.linear_1(x)))
 
 
@@ -411,7 +241,10 @@ class EscSwinBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = EscMlp(dim, int(dim * mlp_ratio))
 
-    def forward(self, x: torch.Tensor, height: int, width: int, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, height: int, width: int, mask: torch.Tensor, fused: bool = False
+    ) -> torch.Tensor:
+        """Tokens `(B, H*W, C)` → `(B, H*W, C)`; `mask` is the stage's shift mask, `fused` as for the attention."""
         batch, _, channels = x.shape
         ws = self.window_size
         y = self.norm1(x).view(batch, height, width, channels)
@@ -426,7 +259,7 @@ class EscSwinBlock(nn.Module):
         padded_height, padded_width = height + pad_h, width + pad_w
         if self.shift_size:
             y = torch.roll(y, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
-        y = self.attn(_window_partition(y, ws), mask if self.shift_size else None)
+        y = self.attn(_window_partition(y, ws), mask if self.shift_size else None, fused)
         y = _window_merge(y, ws, padded_height, padded_width)
         if self.shift_size:
             y = torch.roll(y, shifts=(self.shift_size, self.shift_size), dims=(1, 2))
@@ -434,51 +267,6 @@ class EscSwinBlock(nn.Module):
             y = y[:, :height, :width]
         x = x + y.reshape(batch, height * width, channels)
         return x + self.mlp(self.norm2(x))
-
-    def forward_windows(self, x: torch.Tensor, plan: _WindowPlan) -> torch.Tensor:
-        """Inference form of `forward` on tokens `(rows, C)` already in this block's window order (see
-        [`_WindowPlan`]); updates `x` in place. The same arithmetic per token, without the per-block pad, roll,
-        partition, merge and crop copies."""
-        if plan.real[self.shift_size] is not None:
-            return self._forward_real_rows(x, plan)
-        return self._forward_all_rows(x, plan)
-
-    def _forward_all_rows(self, x: torch.Tensor, plan: _WindowPlan) -> torch.Tensor:
-        tokens, channels = self.window_size**2, x.shape[-1]
-        y = self.norm1(x)
-        padding = plan.padding[self.shift_size]
-        if padding is not None:  # a few rows: cheaper than multiplying every row by a 0/1 mask
-            y.index_fill_(0, padding, 0.0)
-        y, windows = y.view(-1, tokens, channels), x.view(-1, tokens, channels)
-        bias = self.attn.position_bias()
-        for part, mask in self._mask_parts(plan, windows.shape[0]):
-            _add_(windows[part], self.attn.attend(y[part], bias, mask))
-        return _add_(x, self.mlp(self.norm2(x)))
-
-    def _mask_parts(self, plan: _WindowPlan, num_windows: int) -> list[tuple[slice, torch.Tensor | None]]:
-        """The non-empty runs of windows and their shift masks: only the windows on the cyclic seam have a nonzero
-        mask (they come last in a shifted order); the others need the position bias alone."""
-        if not self.shift_size:
-            return [(slice(None), None)]
-        interior = plan.interior[self.shift_size]
-        parts = [(slice(0, interior), None), (slice(interior, num_windows), plan.border_mask[self.shift_size])]
-        return [(part, mask) for part, mask in parts if part.start < part.stop]
-
-    def _forward_real_rows(self, x: torch.Tensor, plan: _WindowPlan) -> torch.Tensor:
-        """`forward_windows` where padding is a large share of the rows (ESC-Base's bottleneck is 2 rows high,
-        half of every 4 × 4 window): norms, projections and the MLP run on the real tokens only. A padding token's
-        normed input is zero, so its query, key and value are the qkv bias, which is what it gets here."""
-        real, tokens, channels = plan.real[self.shift_size], self.window_size**2, x.shape[-1]
-        real_x = x.index_select(0, real)
-        projected = _inference_linear(self.norm1(real_x), self.attn.qkv)
-        qkv = self.attn.qkv.bias.to(projected.dtype).expand(x.shape[0], -1).index_copy(0, real, projected)
-        qkv = qkv.view(-1, tokens, 3, self.attn.num_heads, channels // self.attn.num_heads)
-        bias = self.attn.position_bias()
-        outs = [self.attn.attend_qkv(qkv[part], bias, mask) for part, mask in self._mask_parts(plan, qkv.shape[0])]
-        out = outs[0] if len(outs) == 1 else torch.cat(outs)
-        _add_(real_x, _inference_linear(out.view(-1, channels).index_select(0, real), self.attn.proj))
-        _add_(real_x, self.mlp(self.norm2(real_x)))
-        return x.index_copy_(0, real, real_x)
 
 
 class EscPatchMerge(nn.Module):
@@ -529,21 +317,15 @@ class EscTransformerLayer(nn.Module):
         elif scale == "up":
             self.subsample = EscPatchSplit(in_dim, out_dim)
 
-    def forward(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int]:
-        """`x` `(B, H*W, C_in)` → `(B, H'*W, C_out)` and `H'`."""
+    def forward(self, x: torch.Tensor, height: int, width: int, fused: bool = False) -> tuple[torch.Tensor, int]:
+        """`x` `(B, H*W, C_in)` → `(B, H'*W, C_out)` and `H'`; `fused` as for the attention."""
         # The residual stream is in the LayerNorms' dtype: float32, also with a bf16 backbone (set_backbone_dtype).
         x = x.to(self.swint_blocks[0].norm1.weight.dtype) if len(self.swint_blocks) else x
-        # Under torch.compile the plain path is traced instead: the plan's index tensors are built with data-dependent
-        # shapes, and inductor removes the copies that the plan avoids in eager mode.
-        if not torch.is_grad_enabled() and len(self.swint_blocks) and not torch.compiler.is_compiling():
-            return self._forward_inference(x, height, width)
         ws = self.window_size
         padded_height, padded_width = (height + ws - 1) // ws * ws, (width + ws - 1) // ws * ws
-        # A traced length is symbolic: no cache lookup on it.
-        build = _shift_window_mask.__wrapped__ if torch.compiler.is_compiling() else _shift_window_mask
-        mask = build(padded_height, padded_width, ws, x.device)
+        mask = _shift_window_mask(padded_height, padded_width, ws, x.device)
         for block in self.swint_blocks:
-            x = block(x, height, width, mask)
+            x = block(x, height, width, mask, fused)
         return self._rescale(x, height, width)
 
     def _rescale(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int]:
@@ -551,22 +333,6 @@ class EscTransformerLayer(nn.Module):
             return x, height
         x = self.subsample(x, height, width)
         return x, (height + 1) // 2 if self.scale == "down" else 2 * height
-
-    def _forward_inference(self, x: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, int]:
-        batch, _, channels = x.shape
-        plan = _window_plan(batch, height, width, self.window_size, x.device)
-        shift = self.swint_blocks[0].shift_size
-        x = x.reshape(-1, channels).index_select(0, plan.to_window[shift])  # a fresh tensor: updated in place
-        for block in self.swint_blocks:
-            if block.shift_size != shift:
-                x = x.index_select(0, plan.switch[(shift, block.shift_size)])
-                shift = block.shift_size
-            x = block.forward_windows(x, plan)
-        if self.scale == "down" and plan.to_merge[shift] is not None:
-            pairs = x.index_select(0, plan.to_merge[shift]).view(batch, -1, 2 * channels)
-            return self.subsample.down(self.subsample.norm(pairs)), height // 2
-        x = x.index_select(0, plan.to_grid[shift]).view(batch, height * width, channels)
-        return self._rescale(x, height, width)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -666,87 +432,30 @@ class EscPatchDeEmbed(nn.Module):
         # rearranges produce, and the CPU convolution kernels are faster on it.
         if self.is_swin:
             x = x.view(x.shape[0], height, width, -1).permute(0, 3, 1, 2)
-        x = x.to(self.de_proj1.weight.dtype)
-        if not torch.is_grad_enabled() and all(
-            size >= n + self.de_proj1.padding[0] for size, n in zip(x.shape[-2:], self._edge_patches())
-        ):
-            return self._fused(x)
-        return self._two_convs(x)
+        return self.project(x.to(self.de_proj1.weight.dtype))
 
-    def _edge_patches(self) -> tuple[int, int]:
-        """Patches along each axis whose first-convolution outputs the second convolution's edge taps read."""
-        k2 = self.de_proj2.padding[0]
-        return tuple((2 * k2 - 1) // s + 1 for s in self.patch_size)
-
-    def _two_convs(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.de_proj1(x).permute(0, 2, 3, 1)
+    def project(self, x: torch.Tensor, padding: tuple[int, int] | None = None) -> torch.Tensor:
+        """`(B, C0, H0, W)` → STFT: `de_proj1`, the pixel shuffle of its channels into patches, `de_proj2`.
+        `padding` (rows, columns) overrides `de_proj1`'s own, for strips padded by hand."""
+        conv = self.de_proj1
+        x = F.conv2d(x, conv.weight, conv.bias, padding=conv.padding if padding is None else padding)
+        x = x.permute(0, 2, 3, 1)
         batch, height, width, _ = x.shape
         s1, s2 = self.patch_size
         # Channel (s1_idx * s2 + s2_idx) * C0 + c goes to row s1*h + s1_idx, column s2*w + s2_idx.
         x = x.reshape(batch, height, width, s1, s2, -1).permute(0, 1, 3, 2, 4, 5)
         return self.de_proj2(x.reshape(batch, height * s1, width * s2, -1).permute(0, 3, 1, 2))
 
-    def _fused_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """The two convolutions and the pixel shuffle between them as one convolution on the coarse grid: output
-        channel `(i, j, o)` is STFT channel `o` at sub-position `(i, j)` of a patch. A 3×3 tap `(dy, dx)` of
-        `de_proj2` at sub-position `(i, j)` reads sub-position `((i + dy) mod s1, (j + dx) mod s2)` of the patch
-        `(⌊(i + dy) / s1⌋, ⌊(j + dx) / s2⌋)` away, so the 5×5 kernel of `de_proj1` lands shifted by that in a
-        7×7 kernel."""
-        s1, s2 = self.patch_size
-        # Composed in float32 at least, so that a bf16 backbone rounds the fused kernel once.
-        conv1, conv2 = self.de_proj1, self.de_proj2
-        w1, b1, w2, b2 = (_at_least_float32(t) for t in (conv1.weight, conv1.bias, conv2.weight, conv2.bias))
-        dim, k1, k2 = w2.shape[1], w1.shape[-1] // 2, w2.shape[-1] // 2
-        w1 = w1.view(s1, s2, dim, *w1.shape[1:])
-        b1 = b1.view(s1, s2, dim)
-        size = w1.shape[-1] + 2 * k2
-        weight = w1.new_zeros(s1, s2, w2.shape[0], w1.shape[3], size, size)
-        bias = b2.expand(s1, s2, -1).clone()
-        for i in range(s1):
-            for j in range(s2):
-                for dy in range(-k2, k2 + 1):
-                    for dx in range(-k2, k2 + 1):
-                        (py, ty), (px, tx) = divmod(i + dy, s1), divmod(j + dx, s2)
-                        tap = w2[:, :, dy + k2, dx + k2]  # (2, C0)
-                        rows, cols = slice(py + k2, py + k2 + 2 * k1 + 1), slice(px + k2, px + k2 + 2 * k1 + 1)
-                        weight[i, j, :, :, rows, cols] += torch.einsum("oc,cikl->oikl", tap, w1[ty, tx])
-                        bias[i, j] += tap @ b1[ty, tx]
-        return weight.flatten(0, 2), bias.flatten()
 
-    def _fused(self, x: torch.Tensor) -> torch.Tensor:
-        """Inference: ~6x fewer FLOPs than the two convolutions (12 instead of 6·C0 + 2 output channels per
-        patch). The fused kernel reads a zero-padded input as if the first convolution's output existed outside the
-        grid, where the second convolution reads zeros; the four edge rows and columns that this touches are
-        recomputed with the two convolutions on thin strips."""
-        s1, s2 = self.patch_size
-        batch, _, height, width = x.shape
-        weight, bias = (t.to(x.dtype) for t in self._fused_weights())
-        reach = weight.shape[-1] // 2
-        out = F.conv2d(x, weight, bias, padding=reach)
-        out = out.view(batch, s1, s2, 2, height, width).permute(0, 3, 4, 1, 5, 2)
-        out = out.reshape(batch, 2, height * s1, width * s2)
-        # Output rows 0 .. k2-1 (and the last k2, and the same columns) read the first convolution's output
-        # outside the grid; their patches are recomputed from the input rows they read, padded by hand.
-        k1, k2 = self.de_proj1.padding[0], self.de_proj2.padding[0]
-        n_rows, n_cols = self._edge_patches()
-        top = self._two_convs_strip(F.pad(x[:, :, : n_rows + k1], (0, 0, k1, 0)), rows=True)
-        bottom = self._two_convs_strip(F.pad(x[:, :, -(n_rows + k1) :], (0, 0, 0, k1)), rows=True)
-        left = self._two_convs_strip(F.pad(x[..., : n_cols + k1], (k1, 0)), rows=False)
-        right = self._two_convs_strip(F.pad(x[..., -(n_cols + k1) :], (0, k1)), rows=False)
-        out[:, :, :k2], out[:, :, -k2:] = top[:, :, :k2], bottom[:, :, -k2:]
-        out[..., :k2], out[..., -k2:] = left[..., :k2], right[..., -k2:]
-        return out
+def _run_stage(stage: nn.Module, x: torch.Tensor, height: int, width: int, form: str) -> tuple[torch.Tensor, int]:
+    """`stage(x, height, width)` in formulation `form` (see [`EscModel`])."""
+    if not isinstance(stage, EscTransformerLayer):
+        return stage(x, height, width)  # the CNN ablation has one formulation
+    if form == "eager" and len(stage.swint_blocks):
+        from .inference_esc import transformer_layer
 
-    def _two_convs_strip(self, x: torch.Tensor, rows: bool) -> torch.Tensor:
-        """`_two_convs` on a strip padded by hand along its thin axis: one patch row (or column) of output."""
-        conv = self.de_proj1
-        k1 = conv.padding[0]
-        padding = (0, k1) if rows else (k1, 0)
-        y = F.conv2d(x, conv.weight, conv.bias, padding=padding).permute(0, 2, 3, 1)
-        batch, height, width, _ = y.shape
-        s1, s2 = self.patch_size
-        y = y.reshape(batch, height, width, s1, s2, -1).permute(0, 1, 3, 2, 4, 5)
-        return self.de_proj2(y.reshape(batch, height * s1, width * s2, -1).permute(0, 3, 1, 2))
+        return transformer_layer(stage, x, height, width)
+    return stage(x, height, width, fused=form != "autograd")
 
 
 class EscEncoder(nn.Module):
@@ -765,14 +474,15 @@ class EscEncoder(nn.Module):
                 EscConvLayer(config, dims[i], dims[i + 1], transpose=False) for i in range(len(dims) - 1)
             )
 
-    def forward(self, stft: torch.Tensor) -> tuple[list[torch.Tensor], int]:
-        """STFT `(B, 2, F, T)` → the feature maps at every scale, finest first, and the latent width `W`."""
+    def forward(self, stft: torch.Tensor, form: str = "autograd") -> tuple[list[torch.Tensor], int]:
+        """STFT `(B, 2, F, T)` → the feature maps at every scale, finest first, and the latent width `W`; `form` is
+        the formulation (see [`EscModel`])."""
         height, width = stft.shape[2] // self.patch_embed.proj.stride[0], stft.shape[3] // 2
         x = self.patch_embed(stft)
-        x, height = self.pre_nn(x, height, width)
+        x, height = _run_stage(self.pre_nn, x, height, width, form)
         hidden_states = [x]
         for block in self.blocks:
-            x, height = block(x, height, width)
+            x, height = _run_stage(block, x, height, width, form)
             hidden_states.append(x)
         return hidden_states, width
 
@@ -795,9 +505,13 @@ class EscDecoder(nn.Module):
             self.post_nn = EscConvPrePost(dims[-1], dims[-1], config.conv_kernel_size)
         self.patch_deembed = EscPatchDeEmbed(config)
 
-    def project_out(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Finest decoder feature → STFT `(B, 2, F, 2W)`."""
-        x, height = self.post_nn(x, height, width)
+    def project_out(self, x: torch.Tensor, height: int, width: int, form: str = "autograd") -> torch.Tensor:
+        """Finest decoder feature → STFT `(B, 2, F, 2W)`; `form` is the formulation (see [`EscModel`])."""
+        x, height = _run_stage(self.post_nn, x, height, width, form)
+        if form != "autograd":
+            from .inference_esc import patch_deembed
+
+            return patch_deembed(self.patch_deembed, x, height, width)
         return self.patch_deembed(x, height, width)
 
 
@@ -874,7 +588,9 @@ class EscFrameGrouping(nn.Module):
 
 class EscProductVectorQuantizer(nn.Module):
     """One CS-RVQ stream: product VQ over `group_size` contiguous slices, each projected down to its codebook's
-    dimension (`down_projs`), quantised, and projected back (`up_projs`)."""
+    dimension (`down_projs`), quantised, and projected back (`up_projs`). Its methods take and return a stream axis
+    of size 1, as [`EscProductResidualVectorQuantizer`]'s take `num_streams`, so that the cross-scale recursion
+    (`EscModel._cross_scale`) treats both alike."""
 
     def __init__(self, config: EscConfig, in_dim: int, in_freq: int, codebook_dim: int):
         super().__init__()
@@ -886,18 +602,21 @@ class EscProductVectorQuantizer(nn.Module):
         self.down_projs = nn.ModuleList(nn.Linear(d, codebook_dim, bias=False) for d in self.group_dims)
         self.up_projs = nn.ModuleList(nn.Linear(codebook_dim, d, bias=False) for d in self.group_dims)
 
-    def encode(self, x: torch.Tensor) -> torch.LongTensor:
-        """Feature map → codes `(B, G, K)`."""
+    def encode(self, x: torch.Tensor, num_streams: int = 1) -> torch.LongTensor:
+        """Feature map → codes `(B, 1, G, K)`."""
         groups = self.grouping.to_vectors(x).to(self.down_projs[0].weight.dtype).split(self.group_dims, dim=-1)
-        return torch.stack([vq.encode(proj(g)) for g, proj, vq in zip(groups, self.down_projs, self.vqs)], dim=1)
+        return torch.stack([vq.encode(proj(g)) for g, proj, vq in zip(groups, self.down_projs, self.vqs)], dim=1)[
+            :, None
+        ]
 
-    def decode(self, codes: torch.LongTensor) -> torch.Tensor:
-        """Codes `(B, G, K)` → feature map."""
-        parts = [proj(vq.decode(codes[:, g])) for g, (proj, vq) in enumerate(zip(self.up_projs, self.vqs))]
-        return self.grouping.from_vectors(torch.cat(parts, dim=-1))
+    def decode(self, codes: torch.LongTensor, stream_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Codes `(B, 1, G, K)` → feature map; a `stream_weights` `(1,)` of 0 drops the stream (see `EscModel`)."""
+        parts = [proj(vq.decode(codes[:, 0, g])) for g, (proj, vq) in enumerate(zip(self.up_projs, self.vqs))]
+        decoded = self.grouping.from_vectors(torch.cat(parts, dim=-1))
+        return decoded if stream_weights is None else stream_weights[0] * decoded
 
-    def forward(self, x: torch.Tensor, bypass: bool = False):
-        """Quantised feature map, codes `(B, G, K)`, commitment and codebook loss `(B,)` (means over groups).
+    def forward(self, x: torch.Tensor, num_streams: int = 1, bypass: bool = False):
+        """Quantised feature map, codes `(B, 1, G, K)`, commitment and codebook loss `(B,)` (means over groups).
 
         With `bypass` (warm start) the codebooks are skipped, `W_out(W_in(x))` is returned and the losses are zero;
         they are still computed and multiplied by zero so that the codebooks receive zero (not missing) gradients.
@@ -913,7 +632,7 @@ class EscProductVectorQuantizer(nn.Module):
             codes.append(code)
             commitment, codebook = commitment + cm, codebook + cb
         quantized = self.grouping.from_vectors(torch.cat(outputs, dim=-1))
-        return quantized, torch.stack(codes, dim=1), commitment / len(self.vqs), codebook / len(self.vqs)
+        return quantized, torch.stack(codes, dim=1)[:, None], commitment / len(self.vqs), codebook / len(self.vqs)
 
 
 class EscResidualVectorQuantizer(nn.Module):
@@ -1042,9 +761,28 @@ class EscPreTrainedModel(PreTrainedAudioTokenizerBase):
 class EscModel(EscPreTrainedModel):
     """ESC: complex STFT → Swin (or CNN) encoder → cross-scale residual VQ → decoder → inverse STFT.
 
+    Cross-scale residual VQ (CS-RVQ) is the paper's idea: the streams do not all quantise the bottleneck, as a
+    residual VQ does, but refine the decoder at successively finer scales. Stream 0 quantises the encoder's
+    bottleneck feature; stream 1 quantises what the decoder's input still lacks of it (the encoder's feature minus
+    stream 0's reconstruction); each further stream sits one decoder stage further up, where it quantises the
+    difference between the encoder's feature map of that resolution and the decoder's feature map after the stage
+    before. So the coarse streams carry the bottleneck and the fine ones detail the decoder only the encoder could
+    see, and any leading subset of streams decodes (a lower bitrate). Every stream is a product VQ of
+    `group_size` codebooks with factorised (projected-down), L2-normalised lookup. The recursion is written once,
+    in `_cross_scale`, for encoding, decoding and training alike; the `"rvq"` ablation runs it with all its
+    streams at the bottleneck.
+
+    Three formulations compute the same network, chosen in one place (`_formulation`): under autograd, the
+    modules' own `forward`s, which follow the authors' op order, so that training gradients match theirs;
+    traced without autograd (`torch.compile`, `torch.export`, ONNX), the same graph with fused attention and the
+    fused de-embedding of `inference_esc`, so that one graph serves every length; and in eager inference, all of
+    `inference_esc`'s forms (window-ordered Swin stages, oneDNN linears, the package's CPU kernels). They agree up
+    to float rounding.
+
     Any input length is accepted: the waveform is right-padded with zeros to the next length the network handles
     losslessly (`80 * (4k - 1)` samples for ESC) and the output is cropped back, so outputs equal the authors' code
-    wherever their code round-trips.
+    wherever their code round-trips. The geometry (streams for a bandwidth, code frames for a number of samples,
+    samples for code frames) is on [`EscConfig`].
 
     Example:
 
@@ -1063,10 +801,13 @@ class EscModel(EscPreTrainedModel):
         self.encoder = EscEncoder(config)
         self.decoder = EscDecoder(config)
         if config.quantizer == "csrvq":
-            # Stream 0 and 1 quantise the bottleneck, stream s >= 2 the decoder's scale s - 1 (ESC_SPEC §4.4).
+            # Streams 0 and 1 quantise the bottleneck; stream s >= 2 the output of decoder stage s - 2, which has the
+            # resolution of the encoder's feature map s - 1 steps above the bottleneck.
             dims, freq = config.hidden_dims[::-1], config.bottleneck_frequency
             self.quantizers = nn.ModuleList(
-                EscProductVectorQuantizer(config, dims[max(s - 1, 0)], freq * 2 ** max(s - 1, 0), config.codebook_dims[s])
+                EscProductVectorQuantizer(
+                    config, dims[max(s - 1, 0)], freq * 2 ** max(s - 1, 0), config.codebook_dims[s]
+                )
                 for s in range(config.num_streams)
             )
         else:
@@ -1076,15 +817,6 @@ class EscModel(EscPreTrainedModel):
 
     # -- helpers ------------------------------------------------------------------------------------------------
 
-    @property
-    def frames_per_code(self) -> int:
-        """STFT frames per code frame (4 for ESC)."""
-        return self.config.patch_size[1] * self.config.overlap
-
-    def padded_length(self, length: int) -> int:
-        """The length `length` samples are zero-padded to before the STFT (see [`esc_padded_length`])."""
-        return esc_padded_length(length, self.config.hop_length, self.frames_per_code, self.config.n_fft)
-
     def set_backbone_dtype(self, dtype: torch.dtype) -> "EscModel":
         """Opt-in, approximate: casts the encoder and decoder (nearly all of the compute) to `dtype`, typically
         `torch.bfloat16` on a GPU or a CPU with AVX512-BF16/AMX, where it runs several times faster. The STFT, the
@@ -1092,42 +824,20 @@ class EscModel(EscPreTrainedModel):
         and the inverse STFT stay in float32, so codes are still searched at full precision, but from slightly
         different features: they no longer match float32 exactly (`benchmarks/bench_codec.py` reports the
         agreement). On the CPU, window attention and the residual adds then run in kernels of this package,
-        compiled for the machine on the first bf16 call (about 10 s, cached; see `esc_hf.cpu_kernels`), or in
-        aten's ops where they cannot be built. Casting back does not restore the float32 weights; load the model again for exact
-        outputs. Returns the model.
+        compiled for the machine on the first bf16 call (cached), or in aten's ops where they cannot be
+        built (and in a remote-code copy of this file, which runs without esc_hf). Casting back does not restore the
+        float32 weights; load the model again for exact outputs. Returns the model.
         """
-        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
-            raise ValueError(f"dtype must be a floating point torch.dtype, got {dtype!r}")
-        self.encoder.to(dtype)
-        self.decoder.to(dtype)
-        for module in self.modules():
-            # Normalisation and the residual stream stay float32: bf16 LayerNorms over 45 channels are 2.5x
-            # slower on the CPU, and the stream keeps full precision between the bf16 matmuls.
-            if isinstance(module, nn.LayerNorm):
-                module.float()
-        # So does the patch embedding: a convolution over 2 input channels is all memory traffic, and 2x slower
-        # in bf16 on the CPU.
-        self.encoder.patch_embed.float()
-        if dtype == torch.bfloat16 and self.device.type == "cpu" and not _cpu_has_bf16():
-            warnings.warn(
-                "this CPU has no bf16 matrix instructions (AVX512-BF16 or AMX): the bf16 backbone still works but "
-                "runs much slower than float32 here; keep float32 on this machine",
-                stacklevel=2,
-            )
-        if dtype == torch.bfloat16 and self.device.type == "cpu" and _cpu_kernels is not None:
-            _cpu_kernels.enabled()  # builds the CPU kernels now (once per machine) rather than in the first call
-        return self
+        from .inference_esc import cast_backbone
 
-    def _resolve_num_streams(self, num_streams: int | None, bandwidth: float | None) -> int:
-        if num_streams is not None and bandwidth is not None:
-            raise ValueError("give num_streams or bandwidth, not both")
-        if bandwidth is not None:
-            return self.config.num_streams_for_bandwidth(bandwidth)
-        if num_streams is None:
-            return self.config.num_streams
-        if isinstance(num_streams, bool) or not isinstance(num_streams, int) or not 1 <= num_streams <= self.config.num_streams:
-            raise ValueError(f"num_streams must be an integer from 1 to {self.config.num_streams}, got {num_streams!r}")
-        return num_streams
+        return cast_backbone(self, dtype)
+
+    @staticmethod
+    def _formulation() -> str:
+        """The one place that chooses the formulation (see the class docstring): "autograd", "traced" or "eager"."""
+        if torch.is_grad_enabled():
+            return "autograd"
+        return "traced" if torch.compiler.is_compiling() else "eager"
 
     def _prepare_waveform(self, input_values: torch.Tensor, padding_mask: torch.Tensor | None):
         """Validates `(B, 1, L)`, `(B, L)` or `(L,)` audio and returns it as `(B, L)`, zero in padding."""
@@ -1156,7 +866,7 @@ class EscModel(EscPreTrainedModel):
         return input_values
 
     def _check_features(self, input_features: torch.Tensor) -> torch.Tensor:
-        bins, multiple = self.config.num_frequency_bins, self.frames_per_code
+        bins, multiple = self.config.num_frequency_bins, self.config.frames_per_code
         expected = f"(batch, 2, {bins}, frames) with frames a positive multiple of {multiple}"
         if not isinstance(input_features, torch.Tensor) or not input_features.is_floating_point():
             raise ValueError(f"input_features must be a floating point torch.Tensor of shape {expected}")
@@ -1175,7 +885,7 @@ class EscModel(EscPreTrainedModel):
         return self._stft(waveform), waveform.shape[-1]
 
     def _stft(self, waveform: torch.Tensor) -> torch.Tensor:
-        padded = self.padded_length(waveform.shape[-1])
+        padded = self.config.padded_length(waveform.shape[-1])
         waveform = F.pad(waveform, (0, padded - waveform.shape[-1]))
         return esc_stft(waveform, self.window.to(waveform.dtype), self.config.n_fft, self.config.hop_length)
 
@@ -1204,7 +914,9 @@ class EscModel(EscPreTrainedModel):
                 f"{tuple(audio_codes.shape)}"
             )
         if not 1 <= audio_codes.shape[1] <= self.config.num_streams:
-            raise ValueError(f"audio_codes has {audio_codes.shape[1]} streams; this model has 1 to {self.config.num_streams}")
+            raise ValueError(
+                f"audio_codes has {audio_codes.shape[1]} streams; this model has 1 to {self.config.num_streams}"
+            )
         if audio_codes.numel() and (audio_codes.min() < 0 or audio_codes.max() >= self.config.codebook_size):
             raise ValueError(f"audio_codes must lie in [0, {self.config.codebook_size}), got values outside")
 
@@ -1237,25 +949,26 @@ class EscModel(EscPreTrainedModel):
             [`EscEncoderOutput`] with `audio_codes` `(batch_size, num_streams, group_size, code_frames)`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        num_streams = self._resolve_num_streams(num_streams, bandwidth)
+        num_streams = self.config.resolve_num_streams(num_streams, bandwidth)
         with torch.no_grad():
-            codes = self._encode_codes(self._input_stft(input_values, padding_mask, input_features)[0], num_streams)
+            codes = self.encode_stft(self._input_stft(input_values, padding_mask, input_features)[0], num_streams)
         return EscEncoderOutput(codes) if return_dict else (codes,)
 
-    def _encode_codes(self, stft: torch.Tensor, num_streams: int) -> torch.LongTensor:
-        hidden_states, width = self.encoder(stft)
-        if self.config.quantizer == "rvq":
-            return self.quantizers.encode(hidden_states[-1], num_streams)
-        height = self.config.bottleneck_frequency
-        codes = [self.quantizers[0].encode(hidden_states[-1])]
-        decoded = self.quantizers[0].decode(codes[0]) if num_streams > 1 else None
-        for i in range(num_streams - 1):
-            codes.append(self.quantizers[i + 1].encode(hidden_states[-1 - i] - decoded))
-            if len(codes) == num_streams:
-                break
-            decoded = self.quantizers[i + 1].decode(codes[-1]) + decoded
-            decoded, height = self.decoder.blocks[i](decoded, height, width)
-        return torch.stack(codes, dim=1)
+    def encode_stft(self, input_stft: torch.Tensor, num_streams: int) -> torch.LongTensor:
+        """The network of [`~EscModel.encode`]: ESC's STFT `(batch_size, 2, num_frequency_bins, 4 * code_frames)` →
+        `audio_codes` `(batch_size, num_streams, group_size, code_frames)`, without the checks, the padding and the
+        STFT, so that it traces (`torch.compile`, ONNX export). Under autograd it records the graph."""
+        form = self._formulation()
+        hidden_states, width = self.encoder(input_stft, form)
+        codes = []
+
+        def quantize(position, quantizer, streams, decoded):
+            target = hidden_states[-max(position, 1)]
+            codes.append(quantizer.encode(target if decoded is None else target - decoded, streams))
+            return quantizer.decode(codes[-1])
+
+        self._cross_scale(quantize, num_streams, width, form, to_stft=False)
+        return torch.cat(codes, dim=1)
 
     def decode(
         self,
@@ -1280,33 +993,29 @@ class EscModel(EscPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_codes(audio_codes)
         with torch.no_grad():
-            stft = _at_least_float32(self._decode_stft(audio_codes.long()))
+            stft = _at_least_float32(self.decode_stft(audio_codes.long()))
             audio = self._finish_audio(self._istft(stft), padding_mask, None)
         stft = stft if return_stft else None
         if not return_dict:
             return (audio, stft) if return_stft else (audio,)
         return EscDecoderOutput(audio, stft)
 
-    def _decode_stft(self, codes: torch.LongTensor, stream_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Codes → decoder STFT. `stream_weights` `(streams,)`, 1 for a stream to use and 0 for one to drop, lets
-        one traced graph (ONNX) take any number of streams: `1 * q` and `0 * q + x` are exact, so the result is the
-        same as passing only the used streams."""
-        width = codes.shape[-1] * self.config.overlap
-        height = self.config.bottleneck_frequency
-        if self.config.quantizer == "rvq":
-            decoded = self.quantizers.decode(codes, stream_weights)
-            for block in self.decoder.blocks:
-                decoded, height = block(decoded, height, width)
-            return self.decoder.project_out(decoded, height, width)
-        decoded = self.quantizers[0].decode(codes[:, 0])
-        for i, block in enumerate(self.decoder.blocks):
-            if i + 1 < codes.shape[1]:
-                residual = self.quantizers[i + 1].decode(codes[:, i + 1])
-                if stream_weights is not None:
-                    residual = stream_weights[i + 1] * residual
-                decoded = residual + decoded
-            decoded, height = block(decoded, height, width)
-        return self.decoder.project_out(decoded, height, width)
+    def decode_stft(self, audio_codes: torch.LongTensor, stream_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """The network of [`~EscModel.decode`]: `audio_codes` `(batch_size, streams, group_size, code_frames)` → the
+        decoder's STFT `(batch_size, 2, num_frequency_bins, 4 * code_frames)`, without the checks and the inverse
+        STFT, so that it traces (`torch.compile`, ONNX export). `stream_weights` `(streams,)`, 1 for a stream to use
+        and 0 for one to drop, lets one traced graph take any number of streams: `1 * q` and `0 * q + x` are exact,
+        so the result is the same as passing only the used streams."""
+        width = audio_codes.shape[-1] * self.config.overlap
+        offsets = [0]
+
+        def quantize(position, quantizer, streams, decoded):
+            start = offsets[-1]
+            offsets.append(start + streams)
+            weights = None if stream_weights is None else stream_weights[start : start + streams]
+            return quantizer.decode(audio_codes[:, start : start + streams], weights)
+
+        return self._cross_scale(quantize, audio_codes.shape[1], width, self._formulation())
 
     def forward(
         self,
@@ -1340,50 +1049,68 @@ class EscModel(EscPreTrainedModel):
             [`EscOutput`].
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        num_streams = self._resolve_num_streams(num_streams, bandwidth)
+        num_streams = self.config.resolve_num_streams(num_streams, bandwidth)
         if bypass_quantizer and not self.training:
             raise ValueError("bypass_quantizer (warm start) is a training-mode option; call model.train() first")
-        input_stft, length = self._input_stft(input_values, padding_mask, input_features)
-        hidden_states, width = self.encoder(input_stft)
         if bypass_quantizer:
             num_streams = self.config.num_streams
-        if self.config.quantizer == "rvq":
-            recon_stft, codes, commitment, codebook = self._rvq_forward(hidden_states, width, num_streams, bypass_quantizer)
-        else:
-            recon_stft, codes, commitment, codebook = self._csrvq_forward(
-                hidden_states, width, num_streams, bypass_quantizer
+        form = self._formulation()
+        input_stft, length = self._input_stft(input_values, padding_mask, input_features)
+        hidden_states, width = self.encoder(input_stft, form)
+        codes, losses = [], []
+
+        def quantize(position, quantizer, streams, decoded):
+            target = hidden_states[-max(position, 1)]
+            quantized, code, commitment, codebook = quantizer(
+                target if decoded is None else target - decoded, streams, bypass_quantizer
             )
+            if position >= num_streams:  # a stream beyond `num_streams` in training: quantised, then dropped
+                quantized, commitment, codebook = quantized * 0.0, commitment * 0.0, codebook * 0.0
+            codes.append(code)
+            losses.append((commitment, codebook))
+            return quantized
+
+        # Training quantises every stream (all their codes are returned) and zeroes the unused ones.
+        recon_stft = self._cross_scale(quantize, num_streams, width, form, every_position=self.training)
+        commitment, codebook = losses[0]
+        for cm, cb in losses[1:]:
+            commitment, codebook = commitment + cm, codebook + cb
         audio = self._finish_audio(self._istft(recon_stft), padding_mask, length)
         loss = (
-            self.config.commitment_loss_weight * commitment.mean()
-            + self.config.codebook_loss_weight * codebook.mean()
+            self.config.commitment_loss_weight * commitment.mean() + self.config.codebook_loss_weight * codebook.mean()
         )
-        output = EscOutput(loss, audio, codes, commitment, codebook, input_stft, recon_stft)
+        output = EscOutput(loss, audio, torch.cat(codes, dim=1), commitment, codebook, input_stft, recon_stft)
         return output if return_dict else output.to_tuple()
 
-    def _csrvq_forward(self, hidden_states, width, num_streams, bypass):
-        height = self.config.bottleneck_frequency
-        decoded, codes, commitment, codebook = self.quantizers[0](hidden_states[-1], bypass)
-        codes = [codes]
-        for i, block in enumerate(self.decoder.blocks):
-            used = i < num_streams - 1
-            # Training quantises every stream (their codes are returned) and zeroes the unused ones.
-            if used or self.training:
-                residual_q, code, cm, cb = self.quantizers[i + 1](hidden_states[-1 - i] - decoded, bypass)
-                if not used:
-                    residual_q, cm, cb = residual_q * 0.0, cm * 0.0, cb * 0.0
-                decoded = residual_q + decoded
-                commitment, codebook = commitment + cm, codebook + cb
-                codes.append(code)
-            decoded, height = block(decoded, height, width)
-        return self.decoder.project_out(decoded, height, width), torch.stack(codes, dim=1), commitment, codebook
+    def _cross_scale(
+        self, quantize, num_streams: int, width: int, form: str, to_stft: bool = True, every_position: bool = False
+    ) -> torch.Tensor | None:
+        """The cross-scale recursion (see the class docstring) over the positions of the first `num_streams`
+        streams, with the decoder stages between them, then (`to_stft`) the rest of the decoder → its STFT
+        `(B, 2, F, 2 * width)`.
 
-    def _rvq_forward(self, hidden_states, width, num_streams, bypass):
-        decoded, codes, commitment, codebook = self.quantizers(hidden_states[-1], num_streams, bypass)
-        height = self.config.bottleneck_frequency
-        for block in self.decoder.blocks:
-            decoded, height = block(decoded, height, width)
-        return self.decoder.project_out(decoded, height, width), codes, commitment, codebook
+        `quantize(position, quantizer, streams, decoded)` quantises `streams` streams at one position and returns
+        what they add to the decoder's feature map `decoded` there (None at position 0). Position p holds stream p;
+        in the `"rvq"` ablation one position at the bottleneck holds all streams. `every_position` also visits the
+        positions of the streams beyond `num_streams` (training quantises them all, see `forward`).
+        """
+        if self.config.quantizer == "rvq":
+            positions = [(self.quantizers, num_streams)]
+        else:
+            used = self.quantizers if every_position else self.quantizers[:num_streams]
+            positions = [(quantizer, 1) for quantizer in used]
+        height, decoded = self.config.bottleneck_frequency, None
+        stages = iter(self.decoder.blocks)
+        for position, (quantizer, streams) in enumerate(positions):
+            if position >= 2:
+                decoded, height = _run_stage(next(stages), decoded, height, width, form)
+            added = quantize(position, quantizer, streams, decoded)
+            decoded = added if decoded is None else added + decoded
+        if not to_stft:
+            return None
+        for stage in stages:
+            decoded, height = _run_stage(stage, decoded, height, width, form)
+        return self.decoder.project_out(decoded, height, width, form)
 
 
 __all__ = [

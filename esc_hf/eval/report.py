@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .audio_io import AudioFileError, load_audio
-from .codecs import RATE, CodecUnavailable, all_codecs, code_aligned, curves_by_codec, score, summarize
-from .io_utils import atomic_directory
+from ..codec.audio_io import AudioFileError, list_audio_files, load_audio
+from ..utils.atomic_files import atomic_directory
+from .baselines import RATE, CodecUnavailable, all_codecs, code_aligned, curves_by_codec, score, summarize
 from .metrics import METRICS
 from .plotting import LABELS, plot_rate_distortion
 
@@ -37,8 +37,6 @@ class ReportError(ValueError):
 
 
 def list_clips(in_dir: str | Path) -> list[Path]:
-    from .training.data import list_audio_files
-
     try:
         return list_audio_files(in_dir)
     except ValueError as error:  # no folder, or no audio in it
@@ -139,7 +137,7 @@ def _plain_length(markdown: str) -> int:
 def _model_summary(model, model_name: str | None) -> str:
     """The checkpoint, its size and its training data as HTML: whole sentences of the model card's "Training
     data" (else "Training") section, when the folder has a card, without the card's file paths."""
-    from .loading import DEFAULT_MODEL
+    from ..codec.loading import DEFAULT_MODEL
 
     folder = Path(model_name) if model_name else DEFAULT_MODEL
     params = sum(p.numel() for p in model.parameters())
@@ -242,7 +240,7 @@ def make_report(in_dir: str | Path, out_dir: str | Path, model_name: str | None 
                 max_clips: int | None = None, max_seconds: float = MAX_SECONDS, command: str | None = None,
                 log=print) -> Path:  # fmt: skip
     """Writes the report folder `out_dir` (replaced atomically) and returns the path of its `index.html`."""
-    from .loading import load_model
+    from ..codec.loading import load_model
 
     if max_clips is not None and max_clips < 1:
         raise ReportError(f"--clips must be at least 1, got {max_clips}")

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 
-DEFAULT_MODEL = Path(__file__).with_name("default_model")
+DEFAULT_MODEL = Path(__file__).parent.parent / "default_model"
 """The packaged default model (ESC-Base trained by this project), a `from_pretrained` folder inside the package."""
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
@@ -84,7 +84,7 @@ def load_model(name: str | os.PathLike | None = None):
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    from . import register_auto_classes
+    from .. import register_auto_classes
 
     register_auto_classes()
     source, options = _source(name)

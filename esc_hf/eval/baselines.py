@@ -82,7 +82,7 @@ class EscCodec(Codec):
     def code(self, audio, kbps, tmp):
         import torch
 
-        from esc_hf.bitstream import EscHeader, pack, unpack
+        from ..codec.bitstream import EscHeader, pack, unpack
 
         num_streams = self.model.config.num_streams_for_bandwidth(kbps)
         with torch.inference_mode():

@@ -6,6 +6,8 @@ training loss summed over its 7 scales (the paper's metric); SI-SDR is the scale
 
 import numpy as np
 import torch
+import torch.nn as nn
+from transformers.audio_utils import mel_filter_bank
 
 
 METRICS = ("pesq", "stoi", "mel_distance", "si_sdr")  # what every evaluation reports, in this order
@@ -55,15 +57,52 @@ def stoi(reference, estimate, sampling_rate: int = 16000) -> float:
     return float(_stoi(reference, estimate, sampling_rate, extended=False))
 
 
+class MultiScaleMel(nn.Module):
+    """ESC's mel spectrograms at its seven scales: `M` is a magnitude (power 1) HTK mel spectrogram with hop
+    `window // 4`, centred with reflect padding. Shared by the paper's training loss (`esc_hf.training.losses`) and
+    the mel distance metric, so that both measure the same thing."""
+
+    def __init__(
+        self,
+        sampling_rate: int = 16000,
+        window_lengths: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048),
+        num_mel_bins: tuple[int, ...] = (5, 10, 20, 40, 80, 160, 320),
+        clamp_eps: float = 1e-5,
+    ):
+        super().__init__()
+        if len(window_lengths) != len(num_mel_bins):
+            raise ValueError("window_lengths and num_mel_bins need one entry per scale")
+        self.window_lengths, self.clamp_eps = list(window_lengths), clamp_eps
+        for i, (window, mels) in enumerate(zip(window_lengths, num_mel_bins)):
+            filters = mel_filter_bank(
+                num_frequency_bins=window // 2 + 1,
+                num_mel_filters=mels,
+                min_frequency=0.0,
+                max_frequency=sampling_rate / 2,
+                sampling_rate=sampling_rate,
+                norm=None,
+                mel_scale="htk",
+            )
+            self.register_buffer(f"filters_{i}", torch.tensor(filters, dtype=torch.float32), persistent=False)
+            self.register_buffer(f"window_{i}", torch.hann_window(window), persistent=False)
+
+    def mel(self, audio: torch.Tensor, scale: int) -> torch.Tensor:
+        """Mel magnitudes `(B, mels, frames)` of `audio` `(B, L)` at scale index `scale`."""
+        window = self.window_lengths[scale]
+        spec = torch.stft(
+            audio, n_fft=window, hop_length=window // 4, win_length=window, window=getattr(self, f"window_{scale}"),
+            center=True, pad_mode="reflect", normalized=False, onesided=True, return_complex=True,
+        ).abs()  # fmt: skip
+        return (spec.transpose(-1, -2) @ getattr(self, f"filters_{scale}")).transpose(-1, -2)
+
+
 _MEL = {}
 
 
 def mel_distance(reference, estimate, sampling_rate: int = 16000) -> float:
     """Sum over ESC's 7 mel scales of the mean |log10 mel² difference| (lower is better)."""
-    from .training.losses import MultiScaleMelLoss
-
     if sampling_rate not in _MEL:
-        _MEL[sampling_rate] = MultiScaleMelLoss(sampling_rate)
+        _MEL[sampling_rate] = MultiScaleMel(sampling_rate)
     loss = _MEL[sampling_rate]
     reference, estimate = _pair(reference, estimate)
     x = torch.from_numpy(reference).float()[None]

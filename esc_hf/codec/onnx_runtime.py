@@ -1,7 +1,7 @@
 """Run an exported ESC model (`python -m esc_hf.export_onnx`) with ONNX Runtime.
 
 ```python
-from esc_hf.onnx_runtime import EscOnnxModel
+from esc_hf.codec.onnx_runtime import EscOnnxModel
 
 codec = EscOnnxModel("esc-base-onnx", threads=2)
 codes = codec.encode(audio, num_streams=6)        # audio (batch, length) or (length,), 16 kHz float → int64 codes
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .configuration_esc import EscConfig
-from .export_onnx import DECODER_FILE, ENCODER_FILE, META_FILE
-from .modeling_esc import esc_istft, esc_padded_length, esc_stft
+from ..models.esc.configuration_esc import EscConfig
+from ..models.esc.modeling_esc import esc_istft, esc_stft
+from .onnx_export import DECODER_FILE, ENCODER_FILE, META_FILE
 
 
 class EscOnnxModel:
@@ -47,10 +47,6 @@ class EscOnnxModel:
         self.decoder = ort.InferenceSession(str(directory / DECODER_FILE), options, providers=providers)
         self.window = torch.hann_window(self.config.win_length)
 
-    def padded_length(self, length: int) -> int:
-        c = self.config
-        return esc_padded_length(length, c.hop_length, self.meta["frames_per_code"], c.n_fft)
-
     def encode(self, audio, num_streams: int | None = None) -> np.ndarray:
         """`audio` `(batch, length)` or `(length,)` → codes `(batch, num_streams, group_size, code_frames)` int64."""
         limit = self.meta["encoder_num_streams"]
@@ -65,7 +61,7 @@ class EscOnnxModel:
             waveform = waveform[None]
         if waveform.dim() != 2 or waveform.shape[-1] == 0:
             raise ValueError(f"audio must be (batch, length) or (length,), length > 0; got {tuple(waveform.shape)}")
-        waveform = F.pad(waveform, (0, self.padded_length(waveform.shape[-1]) - waveform.shape[-1]))
+        waveform = F.pad(waveform, (0, self.config.padded_length(waveform.shape[-1]) - waveform.shape[-1]))
         features = esc_stft(waveform, self.window, self.config.n_fft, self.config.hop_length)
         (codes,) = self.encoder.run(None, {"input_features": features.contiguous().numpy()})
         return codes[:, :num_streams]

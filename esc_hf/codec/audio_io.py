@@ -11,10 +11,24 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from .io_utils import atomic_path
+from ..utils.atomic_files import atomic_path
 
 BLOCK_SECONDS = 10.0
 _READ_ERRORS = (sf.LibsndfileError, RuntimeError, TypeError, ValueError)
+
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
+
+
+def list_audio_files(folder: str | Path) -> list[Path]:
+    """The audio files under `folder` (recursively, by extension), sorted; `ValueError` if there are none."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"audio folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    if not files:
+        raise ValueError(f"no audio files ({', '.join(AUDIO_EXTENSIONS)}) under {folder}")
+    return files
 
 
 class AudioFileError(ValueError):

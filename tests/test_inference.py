@@ -1,5 +1,5 @@
-"""The inference fast paths (window-order Swin stages, fused de-embedding, oneDNN linears, bf16 backbone) against
-the training-path ops, which follow the authors' op order."""
+"""The inference forms (esc_hf/models/esc/inference_esc.py: window-order Swin stages, fused attention and
+de-embedding, oneDNN linears, bf16 backbone) against the modules' own forwards, which follow the authors' op order."""
 
 import copy
 
@@ -7,8 +7,9 @@ import pytest
 import torch
 from conftest import get_fixture
 
-from esc_hf import EscConfig, modeling_esc
-from esc_hf.modeling_esc import EscPatchDeEmbed, EscTransformerLayer
+from esc_hf import EscConfig
+from esc_hf.models.esc import inference_esc
+from esc_hf.models.esc.modeling_esc import EscPatchDeEmbed, EscTransformerLayer
 
 
 def assert_equal_up_to_rounding(actual, expected, dtype):
@@ -38,13 +39,13 @@ def test_window_order_stage_equals_plain_stage(height, width, scale):
     layer = _layer(scale=scale)
     x = torch.randn(2, height * width, 12, generator=torch.Generator().manual_seed(height * 100 + width))
     with torch.no_grad():
-        fast, fast_height = layer(x, height, width)
-    with torch.enable_grad():  # the training path: pad, roll, partition per block, explicit attention
-        plain, plain_height = layer(x, height, width)
+        fast, fast_height = inference_esc.transformer_layer(layer, x, height, width)
+        plain, plain_height = layer(x, height, width)  # pad, roll, partition per block, explicit attention
+        fused, _ = layer(x, height, width, fused=True)  # the traced form: the same with fused attention
+        again, _ = inference_esc.transformer_layer(layer, x, height, width)  # the input is not modified in place
     assert fast_height == plain_height
-    torch.testing.assert_close(fast, plain.detach(), atol=2e-5, rtol=1e-5)
-    with torch.no_grad():  # the input is not modified in place
-        again, _ = layer(x, height, width)
+    torch.testing.assert_close(fast, plain, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(fused, plain, atol=2e-5, rtol=1e-5)
     assert torch.equal(again, fast)
 
 
@@ -55,8 +56,8 @@ def test_fused_deembedding_equals_two_convolutions(patch_size, height, width):
     deembed = EscPatchDeEmbed(EscConfig(patch_size=list(patch_size), hidden_dims=[12, 12, 24, 24, 24, 24])).eval()
     x = torch.randn(2, height * width, 12)
     with torch.no_grad():
-        fused = deembed(x, height, width)
-        reference = deembed._two_convs(x.view(2, height, width, -1).permute(0, 3, 1, 2))
+        fused = inference_esc.patch_deembed(deembed, x, height, width)
+        reference = deembed(x, height, width)
     assert fused.shape == (2, 2, height * patch_size[0], width * patch_size[1])
     torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
 
@@ -72,7 +73,7 @@ def test_stream_weights_drop_streams_exactly():
                 weights = (torch.arange(6) < n).float()
                 junk = c.clone()
                 junk[:, n:] = 0  # the dropped streams' codes must not matter
-                assert torch.equal(m._decode_stft(junk, weights), m._decode_stft(c[:, :n]))
+                assert torch.equal(m.decode_stft(junk, weights), m.decode_stft(c[:, :n]))
 
 
 @pytest.mark.parametrize("name", ["swin_csrvq", "conv_rvq"])
@@ -136,9 +137,9 @@ def test_bf16_attention_in_float32_slices_equals_one_slice(monkeypatch):
             module.float()
     x = torch.randn(2, 8 * 12, 12, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        whole, _ = layer(x, 8, 12)
-        monkeypatch.setattr(modeling_esc, "_FLOAT32_SLICE_BYTES", 1)  # one window per slice, seam windows too
-        sliced, _ = layer(x, 8, 12)
+        whole, _ = inference_esc.transformer_layer(layer, x, 8, 12)
+        monkeypatch.setattr(inference_esc, "_FLOAT32_SLICE_BYTES", 1)  # one window per slice, seam windows too
+        sliced, _ = inference_esc.transformer_layer(layer, x, 8, 12)
     assert whole.dtype == torch.float32
     assert_equal_up_to_rounding(sliced, whole, torch.bfloat16)
 
@@ -169,21 +170,20 @@ def test_stage_lower_than_a_window_skips_padding_rows(monkeypatch, dtype, height
                 module.float()
     x = torch.randn(2, height * width, 12, generator=torch.Generator().manual_seed(1))
     calls = []
-    real_rows = modeling_esc.EscSwinBlock._forward_real_rows
-    monkeypatch.setattr(modeling_esc.EscSwinBlock, "_forward_real_rows",
-                        lambda self, *a: calls.append(1) or real_rows(self, *a))  # fmt: skip
+    real_rows = inference_esc._block_on_real_rows
+    monkeypatch.setattr(inference_esc, "_block_on_real_rows", lambda *a: calls.append(1) or real_rows(*a))
     with torch.no_grad():
-        skipped, _ = layer(x, height, width)
+        skipped, _ = inference_esc.transformer_layer(layer, x, height, width)
         assert len(calls) == len(layer.swint_blocks)
-        monkeypatch.setattr(modeling_esc.EscSwinBlock, "_forward_real_rows", modeling_esc.EscSwinBlock._forward_all_rows)
-        every_row, _ = layer(x, height, width)
+        monkeypatch.setattr(inference_esc, "_block_on_real_rows", inference_esc._block_on_all_rows)
+        every_row, _ = inference_esc.transformer_layer(layer, x, height, width)
     assert_equal_up_to_rounding(skipped, every_row, dtype)
 
 
 def test_bf16_backbone_on_a_cpu_without_bf16_instructions_warns_and_still_runs(tiny_model, monkeypatch):
     """oneDNN cannot create a bf16 GEMM on CPUs without AVX512-BF16/AMX (an AVX2 EPYC raised "could not create a
     primitive"): there the model says so once and computes with aten's ops."""
-    monkeypatch.setattr(modeling_esc, "_cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(inference_esc, "_cpu_has_bf16", lambda: False)
     waveform = get_fixture("swin_csrvq").inputs["waveform"][:1]
     reference = tiny_model.encode(waveform).audio_codes
     with pytest.warns(UserWarning, match="no bf16 matrix instructions"):

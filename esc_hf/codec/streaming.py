@@ -21,16 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .bitstream import (
-    HEADER_SIZE,
-    EscHeader,
-    PacketReader,
-    PacketWriter,
-    TruncatedError,
-    frames_for_samples,
-    samples_for_frames,
-)
-from .io_utils import atomic_file
+from ..utils.atomic_files import atomic_file
+from .bitstream import HEADER_SIZE, EscHeader, PacketReader, PacketWriter, TruncatedError
 
 # Measured in benchmarks/bench_long_files.py: 10 s chunks keep ESC-Base's peak memory near 0.5 GB while the
 # context around them (< 0.7 s per side) costs under 15 % extra compute.
@@ -53,7 +45,7 @@ def _conv_span(conv: nn.Module) -> tuple[int, int]:
 
 def _back(module: nn.Module, lo: int, hi: int) -> tuple[int, int]:
     """The input latent frames that outputs `lo … hi` of `module` depend on (time axis only)."""
-    from .modeling_esc import EscConv2d, EscResidualUnit, EscSwinBlock, EscTransformerLayer
+    from ..models.esc.modeling_esc import EscConv2d, EscResidualUnit, EscSwinBlock, EscTransformerLayer
 
     if isinstance(module, EscTransformerLayer):
         for block in reversed(module.swint_blocks):
@@ -191,7 +183,7 @@ class ChunkedEncoder:
 
     def __init__(self, model, num_streams: int, plan: ChunkPlan | None = None):
         self.model = model
-        self.num_streams = model._resolve_num_streams(num_streams, None)
+        self.num_streams = model.config.resolve_num_streams(num_streams)
         self.plan = plan or ChunkPlan.for_model(model)
         self.spf = model.config.samples_per_code_frame
         self._buffer = np.zeros(0, dtype=np.float32)
@@ -226,7 +218,7 @@ class ChunkedEncoder:
         if self.num_samples == 0:
             raise ValueError("no audio was given")
         self.finished = True
-        total = frames_for_samples(self.model, self.num_samples)
+        total = self.model.config.code_frames_for_samples(self.num_samples)
         out = []
         while self.next_frame < total:
             end_frame = min(self.next_frame + self.plan.chunk_frames, total)
@@ -285,7 +277,7 @@ class ChunkedDecoder:
         if self.num_frames == 0:
             raise ValueError("no codes were given")
         self.finished = True
-        full = samples_for_frames(self.model, self.num_frames)
+        full = self.model.config.samples_for_code_frames(self.num_frames)
         if num_samples is not None and not self.samples_out <= num_samples <= full:
             raise ValueError(f"{self.num_frames} code frames cannot give {num_samples} samples")
         out = []
@@ -341,7 +333,7 @@ class EscStreamingEncoder:
         frames_per_packet: int | None = None,
     ):
         if kbps is not None:
-            num_streams = model._resolve_num_streams(num_streams, kbps)
+            num_streams = model.config.resolve_num_streams(num_streams, kbps)
         self.plan = ChunkPlan.for_model(model, chunk_frames)
         frames_per_packet = frames_per_packet or self.plan.chunk_frames
         self.header_info = EscHeader.for_model(model, num_streams or model.config.num_streams, None, frames_per_packet)

@@ -141,14 +141,14 @@ class EscHeader:
     ) -> "EscHeader":
         """The header of `model`'s codes with `num_streams` streams for `num_samples` samples (None: unknown)."""
         config = model.config
-        num_streams = model._resolve_num_streams(num_streams, None)
+        num_streams = model.config.resolve_num_streams(num_streams)
         if not 1 <= frames_per_packet <= MAX_FRAMES_PER_PACKET:
             raise ValueError(f"frames_per_packet must be from 1 to {MAX_FRAMES_PER_PACKET}, got {frames_per_packet}")
         num_frames = None
         if num_samples is not None:
             if num_samples < 1:
                 raise ValueError(f"num_samples must be positive, got {num_samples}")
-            num_frames = frames_for_samples(model, num_samples)
+            num_frames = model.config.code_frames_for_samples(num_samples)
         header = cls(
             sample_rate=config.sampling_rate,
             samples_per_frame=config.samples_per_code_frame,
@@ -330,22 +330,12 @@ class EscHeader:
                 f"architecture (codebook fingerprint {self.codebook_fingerprint.hex()}, this model's is "
                 f"{codebook_fingerprint(model).hex()}): decode it with the model that encoded it"
             )
-        expected = None if self.num_samples is None else frames_for_samples(model, self.num_samples)
+        expected = None if self.num_samples is None else model.config.code_frames_for_samples(self.num_samples)
         if expected is not None and self.num_frames != expected:
             raise CorruptError(
                 f"the header says {self.num_samples} samples in {self.num_frames} code frames; this model makes "
                 f"{expected} code frames of {self.num_samples} samples"
             )
-
-
-def frames_for_samples(model, num_samples: int) -> int:
-    """Code frames that `model.encode` makes of `num_samples` samples."""
-    return (model.padded_length(num_samples) + model.config.hop_length) // model.config.samples_per_code_frame
-
-
-def samples_for_frames(model, num_frames: int) -> int:
-    """Samples `model.decode` makes of `num_frames` code frames (without a padding mask)."""
-    return num_frames * model.config.samples_per_code_frame - model.config.hop_length
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -522,7 +512,7 @@ class PacketReader:
                 raise CorruptError(
                     f"the final packet gives {samples} samples but the header says {header.num_samples}"
                 )
-            if self.model is not None and (expected := frames_for_samples(self.model, samples)) != self.frames:
+            if self.model is not None and (expected := self.model.config.code_frames_for_samples(samples)) != self.frames:
                 raise CorruptError(
                     f"the final packet drops {drop} samples, leaving {samples}: this model makes {expected} code "
                     f"frames of {samples} samples, not {self.frames}"

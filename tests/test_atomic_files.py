@@ -8,16 +8,16 @@ import time
 
 import pytest
 
-from esc_hf import io_utils
-from esc_hf.io_utils import ConcurrentWriteError, atomic_directory, atomic_file
+from esc_hf.utils import atomic_files
+from esc_hf.utils.atomic_files import ConcurrentWriteError, atomic_directory, atomic_file
 
-# io_utils needs only the standard library: load it alone, so the writer starts without torch.
+# atomic_files needs only the standard library: load it alone, so the writer starts without torch.
 WRITER = f"""
 import importlib.util, sys
-spec = importlib.util.spec_from_file_location("io_utils", {io_utils.__file__!r})
-io_utils = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(io_utils)
-with io_utils.atomic_file(sys.argv[1]) as handle:
+spec = importlib.util.spec_from_file_location("atomic_files", {atomic_files.__file__!r})
+atomic_files = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(atomic_files)
+with atomic_files.atomic_file(sys.argv[1]) as handle:
     handle.write(b"first writer")
     print("writing", flush=True)
     sys.stdin.readline()
