@@ -1,5 +1,6 @@
 """Evaluate an ESC model at every bitrate on a folder of speech: PESQ-WB, STOI, mel distance, SI-SDR, code
-utilization; prints a table, writes a CSV and a rate–distortion plot.
+utilization and each codebook's health (codes used, entropy); prints the tables, writes a CSV and a rate–distortion
+plot.
 
     python examples/evaluate.py --model DIR --data DIR --out eval.csv [--plot rd.png] [--max-clips 32]
 """
@@ -7,12 +8,11 @@ utilization; prints a table, writes a CSV and a rate–distortion plot.
 import argparse
 import sys
 
-from esc_hf.codec.audio_io import AudioFileError
 from esc_hf import load_model
-from esc_hf.codec.audio_io import list_audio_files
-from esc_hf.training.data import decode_files
+from esc_hf.codec.audio_io import AudioFileError, list_audio_files
 from esc_hf.eval.plotting import plot_rate_distortion
-from esc_hf.training.evaluation import evaluate_codec, format_table, write_csv
+from esc_hf.training.data import decode_files
+from esc_hf.training.evaluation import evaluate_codec, format_codebook_health, format_table, write_csv
 
 
 def main() -> int:
@@ -33,6 +33,7 @@ def main() -> int:
         print(f"evaluate.py: error: {error}", file=sys.stderr)
         return 1
     print(format_table(rows))
+    print(format_codebook_health(rows[-1], model.config.codebook_size))
     write_csv(rows, args.out, {"model": args.model or "packaged default"})
     if args.plot:
         plot_rate_distortion({args.model or "ESC": rows}, args.plot)

@@ -5,7 +5,7 @@ import torch
 from conftest import get_fixture
 
 from esc_hf.training import EscLoss
-from esc_hf.training.losses import power_law_stft_loss
+from esc_hf.training.losses import compressed_complex_loss, phase_losses, power_law_stft_loss
 
 
 @pytest.mark.parametrize("name", ["swin_csrvq", "conv_rvq", "esc_base_random"])
@@ -83,3 +83,57 @@ def test_training_loss_and_gradient_norm_match_authors(tiny, tag, kwargs):
     spread = _rounding_spread(output, params, grads, loss)
     bound = GRAD_NORM_RTOL * reference + GRAD_NORM_SPREAD_FACTOR * spread
     assert abs(grad_norm - reference) <= bound, (grad_norm, reference, spread)
+
+
+def _complex_stft(seed: int) -> torch.Tensor:
+    """A random STFT `(2, 2, 33, 20)` with magnitudes around 1 (far from the atan2 offsets)."""
+    generator = torch.Generator().manual_seed(seed)
+    magnitude = 0.5 + torch.rand(2, 33, 20, generator=generator)
+    angle = (2 * torch.rand(2, 33, 20, generator=generator) - 1) * torch.pi
+    return torch.stack([magnitude * angle.cos(), magnitude * angle.sin()], dim=1)
+
+
+def _rotate(stft: torch.Tensor, angle: float) -> torch.Tensor:
+    cos, sin = torch.cos(torch.tensor(angle)), torch.sin(torch.tensor(angle))
+    return torch.stack([stft[:, 0] * cos - stft[:, 1] * sin, stft[:, 0] * sin + stft[:, 1] * cos], dim=1)
+
+
+def test_phase_losses_measure_wrapped_phase_differences():
+    stft = _complex_stft(0)
+    assert all(value.abs().max() < 1e-5 for value in phase_losses(stft, stft).values())
+    for angle in (0.4, -2.5, 3.0):  # a constant rotation: every instantaneous phase off by |angle|, no gd, no iaf
+        terms = phase_losses(stft, _rotate(stft, angle))
+        torch.testing.assert_close(terms["phase_ip"], torch.full((2,), abs(angle)), atol=1e-4, rtol=0)
+        assert terms["phase_gd"].max() < 1e-4 and terms["phase_iaf"].max() < 1e-4
+    # A rotation growing along time is a frequency shift: the instantaneous frequency is off, the group delay not.
+    ramp = stft.clone()
+    for t in range(stft.shape[-1]):
+        ramp[..., t] = _rotate(stft[..., t : t + 1], 0.3 * t)[..., 0]
+    terms = phase_losses(stft, ramp)
+    torch.testing.assert_close(terms["phase_iaf"], torch.full((2,), 0.3), atol=1e-4, rtol=0)
+    assert terms["phase_gd"].max() < 1e-4
+
+
+def test_compressed_complex_loss_keeps_phase():
+    stft = _complex_stft(1)
+    assert compressed_complex_loss(stft, stft).abs().max() < 1e-10
+    flipped = compressed_complex_loss(stft, -stft)  # same magnitudes, opposite phase
+    compressed = stft.pow(2).sum(1).add(1e-9).sqrt().pow(0.3)
+    torch.testing.assert_close(flipped, 2 * compressed.pow(2).mean([1, 2]), rtol=1e-5, atol=0)
+    # The paper's power-law loss compresses the parts one by one: it is not phase-preserving in this way.
+    assert power_law_stft_loss(stft, -stft).ne(flipped).all()
+
+
+def test_phase_and_complex_terms_are_options_off_by_default():
+    fixture = get_fixture("swin_csrvq")
+    model = fixture.model().train()
+    waveform = fixture.inputs["waveform"]
+    output = model(waveform, num_streams=3)
+    paper = EscLoss()(waveform, output)
+    assert set(paper) == {"commitment", "codebook", "mel", "stft", "total"}
+    extended = EscLoss(phase_weight=0.3, complex_weight=0.1)(waveform, output)
+    assert {"phase_ip", "phase_gd", "phase_iaf", "complex"} <= set(extended)
+    added = 0.3 * (extended["phase_ip"] + extended["phase_gd"] + extended["phase_iaf"]) + 0.1 * extended["complex"]
+    torch.testing.assert_close(extended["total"], paper["total"] + added.mean(), rtol=1e-6, atol=0)
+    extended["total"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)

@@ -4,7 +4,7 @@ import soundfile as sf
 import torch
 
 from conftest import SPEECH
-from esc_hf.eval.metrics import code_utilization, mel_distance, pesq_wb, si_sdr, stoi
+from esc_hf.eval.metrics import codebook_health, code_utilization, mel_distance, pesq_wb, si_sdr, stoi, stream_usage
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,23 @@ def test_code_utilization():
     uniform = torch.arange(64).repeat(3, 2, 1)[None]  # (1, 3 streams, 2 groups, 64 frames): every code once
     assert code_utilization(uniform, 64) == pytest.approx(1.0)
     assert code_utilization(torch.zeros(1, 3, 2, 64, dtype=torch.long), 64) == 0.0
+
+
+def test_codebook_health_per_stream_and_codebook():
+    codes = torch.zeros(2, 2, 3, 64, dtype=torch.long)  # (items, 2 streams, 3 codebooks, 64 frames)
+    codes[:, 0, 0] = torch.arange(64)  # stream 0, codebook 0: every code once per item
+    codes[:, 0, 1] = torch.arange(64) % 16  # 16 codes, equally often: 4 bits
+    codes[1, 1, 2, :32] = 5  # stream 1, codebook 2: 96 zeros and 32 fives over both items
+    health = codebook_health(codes, 64)
+    assert len(health) == 2 * 2 * 3
+    assert health["usage_s0_c0"] == 1.0 and health["entropy_s0_c0"] == pytest.approx(6.0)
+    assert health["usage_s0_c1"] == 0.25 and health["entropy_s0_c1"] == pytest.approx(4.0)
+    assert health["usage_s0_c2"] == 1 / 64 and health["entropy_s0_c2"] == 0.0
+    assert health["usage_s1_c2"] == 2 / 64
+    assert health["entropy_s1_c2"] == pytest.approx(-(0.75 * np.log2(0.75) + 0.25 * np.log2(0.25)))
+    assert stream_usage(health) == pytest.approx({0: (1 + 0.25 + 1 / 64) / 3, 1: (1 / 64 + 1 / 64 + 2 / 64) / 3})
+    with pytest.raises(ValueError, match="lie in"):
+        codebook_health(codes + 64, 64)
 
 
 def test_bad_metric_input():

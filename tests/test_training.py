@@ -71,8 +71,11 @@ def test_warm_start_keeps_codebooks_then_switches(tmp_path, speech_dir):
     assert json.loads((checkpoints / "step-00000004" / "trainer_state.json").read_text())["switched"]
 
 
-def test_resumed_run_matches_uninterrupted_run(tmp_path, speech_dir):
-    common = ["--max-steps", "6", "--warm-start-steps", "2", "--save-every", "3", "--quantizer-dropout", "0.75"]
+# With dead-code revival every 2 steps, the checkpoint at step 3 falls inside a window: the resumed run must revive
+# at step 4 from the counts and inputs of steps 3 and 4, which needs the reviver's state in the checkpoint.
+@pytest.mark.parametrize("revival", [[], ["--dead-code-window", "2"]], ids=["plain", "dead-code-revival"])
+def test_resumed_run_matches_uninterrupted_run(tmp_path, speech_dir, revival):
+    common = [*revival, "--max-steps", "6", "--warm-start-steps", "2", "--save-every", "3", "--quantizer-dropout", "0.75"]
     straight = EscTrainer(tiny_args(tmp_path / "a", speech_dir, *common))
     straight.train()
     first = EscTrainer(tiny_args(tmp_path / "b", speech_dir, *common[:-4], "--save-every", "3",
@@ -229,6 +232,10 @@ def test_evaluate_script_writes_table_csv_and_plot(tmp_path):
                              "--max-seconds", "1"], capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert "PESQ" in result.stdout and len((tmp_path / "eval.csv").read_text().splitlines()) == 7
+    # The codebook health of every stream, as a table and as CSV columns (the packaged model has 6 streams x 3).
+    assert "codes used, of 1024" in result.stdout and all(f"\n     {s}  " in result.stdout for s in range(6))
+    header = (tmp_path / "eval.csv").read_text().splitlines()[0].split(",")
+    assert {f"usage_s{s}_c{c}" for s in range(6) for c in range(3)} <= set(header)
     assert (tmp_path / "rd.png").read_bytes()[:4] == b"\x89PNG"
     missing = subprocess.run([sys.executable, str(ROOT / "examples" / "evaluate.py"), "--data", str(tmp_path / "no"),
                               "--out", str(tmp_path / "x.csv")], capture_output=True, text=True)  # fmt: skip

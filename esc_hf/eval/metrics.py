@@ -116,19 +116,54 @@ def mel_distance(reference, estimate, sampling_rate: int = 16000) -> float:
     return total
 
 
+def _code_counts(codes: torch.Tensor, codebook_size: int) -> torch.Tensor:
+    """How often each code occurs, per stream and codebook: `(streams, groups, codebook_size)` float64, from `codes`
+    `(..., streams, groups, frames)` with all leading items and frames pooled."""
+    if codes.dim() < 3:
+        raise ValueError(f"codes must be (..., streams, groups, frames), got {tuple(codes.shape)}")
+    if codes.numel() and (codes.min() < 0 or codes.max() >= codebook_size):
+        raise ValueError(f"codes must lie in [0, {codebook_size})")
+    streams, groups = codes.shape[-3], codes.shape[-2]
+    flat = codes.reshape(-1, streams, groups, codes.shape[-1]).permute(1, 2, 0, 3).reshape(streams, groups, -1)
+    offsets = torch.arange(streams * groups).view(streams, groups, 1) * codebook_size
+    counts = torch.bincount((flat.long().cpu() + offsets).reshape(-1), minlength=streams * groups * codebook_size)
+    return counts.view(streams, groups, codebook_size).double()
+
+
+def _entropy_bits(counts: torch.Tensor) -> torch.Tensor:
+    p = counts / counts.sum(-1, keepdim=True).clamp(min=1)
+    return -(p * p.clamp(min=1e-300).log2()).sum(-1)
+
+
 def code_utilization(codes: torch.Tensor, codebook_size: int) -> float:
     """Mean over streams and groups of the entropy of the empirical code distribution divided by
     log2(codebook_size): 1.0 means every code is used equally often, so the nominal bitrate is fully used.
 
     `codes` is `(..., streams, groups, frames)`; frames of all leading items are pooled.
     """
-    if codes.dim() < 3:
-        raise ValueError(f"codes must be (..., streams, groups, frames), got {tuple(codes.shape)}")
-    flat = codes.reshape(-1, *codes.shape[-3:]).permute(1, 2, 0, 3).reshape(codes.shape[-3], codes.shape[-2], -1)
-    ratios = []
-    for stream in flat:
-        for group in stream:
-            counts = torch.bincount(group.long().cpu(), minlength=codebook_size).double()
-            p = counts[counts > 0] / counts.sum()
-            ratios.append(float(-(p * p.log2()).sum() / np.log2(codebook_size)))
-    return float(np.mean(ratios))
+    counts = _code_counts(codes, codebook_size)
+    return float(_entropy_bits(counts).mean() / np.log2(codebook_size))
+
+
+def codebook_health(codes: torch.Tensor, codebook_size: int) -> dict[str, float]:
+    """Per stream `s` and codebook `c` of `codes` `(..., streams, groups, frames)` (all items and frames pooled):
+    `usage_s{s}_c{c}`, the share of the `codebook_size` codes that occur at least once (0 to 1), and
+    `entropy_s{s}_c{c}`, the entropy of the codes' empirical distribution in bits (at most log2 codebook_size).
+    A collapsed codebook, which uses few of its codes, wastes the bits its stream costs."""
+    counts = _code_counts(codes, codebook_size)
+    usage, entropy = (counts > 0).double().mean(-1), _entropy_bits(counts)
+    health = {}
+    for s in range(counts.shape[0]):
+        for c in range(counts.shape[1]):
+            health[f"usage_s{s}_c{c}"] = float(usage[s, c])
+            health[f"entropy_s{s}_c{c}"] = float(entropy[s, c])
+    return health
+
+
+def stream_usage(row: dict) -> dict[int, float]:
+    """Mean share of codes used per stream (over its codebooks), from a dict with [`codebook_health`]'s keys."""
+    usage = {}
+    for key, value in row.items():
+        if key.startswith("usage_s"):
+            usage.setdefault(int(key.split("_")[1][1:]), []).append(value)
+    return {s: float(np.mean(values)) for s, values in sorted(usage.items())}

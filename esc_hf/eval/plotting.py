@@ -3,8 +3,10 @@ atomically)."""
 
 from pathlib import Path
 
+import numpy as np
+
 from ..utils.atomic_files import atomic_file
-from .metrics import METRICS
+from .metrics import METRICS, stream_usage
 
 LABELS = {"pesq": "PESQ-WB ↑", "stoi": "STOI ↑", "mel_distance": "mel distance ↓", "si_sdr": "SI-SDR (dB) ↑"}
 
@@ -47,21 +49,32 @@ def plot_rate_distortion(curves: dict[str, list[dict]], path: str | Path, title:
 
 
 def plot_val_curve(history: list[dict], path: str | Path, warm_start_steps: int) -> None:
-    """Validation PESQ and mel distance against the step: unquantized during the warm start, then at the top rate."""
+    """Validation PESQ and mel distance against the step (unquantized during the warm start, then at the top rate),
+    and the share of its codes that each stream uses (mean over its codebooks), once there are codes."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    warm = [r for r in history if r["streams"] == 0]
+    quantized = [r for r in history if r["streams"] != 0]
     for axis, metric, label in zip(axes, ("pesq", "mel_distance"), ("PESQ-WB ↑", "mel distance ↓")):
-        warm = [r for r in history if r["streams"] == 0]
-        quantized = [r for r in history if r["streams"] != 0]
         if warm:
             axis.plot([r["step"] for r in warm], [r[metric] for r in warm], marker="o", label="warm start (no VQ)")
         if quantized:
             axis.plot([r["step"] for r in quantized], [r[metric] for r in quantized], marker="o",
                       label=f"{quantized[-1]['kbps']:g} kbps")  # fmt: skip
         axis.axvline(warm_start_steps, color="grey", linestyle=":", label="VQ on")
-        axis.set_xlabel("step")
         axis.set_title(f"validation {label}")
-        axis.grid(alpha=0.3)
     axes[0].legend()
+    usage = [(r["step"], stream_usage(r)) for r in quantized]
+    usage = [(step, streams) for step, streams in usage if streams and not any(np.isnan(list(streams.values())))]
+    for stream in sorted({s for _, streams in usage for s in streams}):
+        points = [(step, streams[stream]) for step, streams in usage if stream in streams]
+        axes[2].plot(*zip(*points), marker="o", label=f"stream {stream}")
+    axes[2].set_ylim(0, 1.02)
+    axes[2].set_title("codes used, share per stream ↑")
+    if usage:
+        axes[2].legend(fontsize="small", ncol=2)
+    for axis in axes:
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)

@@ -47,6 +47,9 @@ class TrainingArguments:
     max_steps: int = field(default=250_000, metadata={"help": "optimizer steps in all"})
     warm_start_steps: int = field(default=46_875, metadata={"help": "steps with the quantizers bypassed"})
     quantizer_dropout: float = field(default=0.75, metadata={"help": "probability of n ~ U{1..6} streams"})
+    dead_code_window: int = field(default=0, metadata={"help": "re-initialise codebook entries that no input chose "
+                                                             "for this many steps from recent encoder outputs "
+                                                             "(dead-code revival; 0: off, the paper's recipe)"})
     gradient_accumulation_steps: int = field(default=1, metadata={"help": "batches accumulated per optimizer step"})
     mixed_precision: str = field(default="no", metadata={"help": "no, bf16 or fp16 (Accelerate)"})
     seed: int = field(default=53, metadata={"help": "seed of the weights, crops and quantizer dropout"})
@@ -55,6 +58,10 @@ class TrainingArguments:
     codebook_weight: float = field(default=1.0, metadata={"help": "weight of the codebook loss"})
     mel_weight: float = field(default=0.25, metadata={"help": "weight of the multi-scale mel L1 loss"})
     stft_weight: float = field(default=1.0, metadata={"help": "weight of the power-law complex STFT loss"})
+    phase_weight: float = field(default=0.0, metadata={"help": "weight of each anti-wrapping phase loss (instantaneous "
+                                                              "phase, group delay, instantaneous frequency; 0: off)"})
+    complex_weight: float = field(default=0.0, metadata={"help": "weight of the magnitude-compressed complex STFT "
+                                                                "and magnitude loss (0: off)"})
     # Adversarial option (ESC-Base-adv)
     adversarial: bool = field(default=False, metadata={"help": "add the DAC discriminators (second optimizer)"})
     generator_adv_weight: float = field(default=1.0, metadata={"help": "generator's adversarial loss weight"})
@@ -93,6 +100,10 @@ class TrainingArguments:
             raise ValueError(f"init_step must be in [0, max_steps), got {self.init_step}")
         if self.lr_warmup_steps < 0 or self.switch_warmup_steps < 0:
             raise ValueError("warm-up steps must be >= 0")
+        if self.phase_weight < 0 or self.complex_weight < 0:
+            raise ValueError("loss weights must be >= 0")
+        if self.dead_code_window < 0:
+            raise ValueError("dead_code_window must be >= 0 (0 turns revival off)")
         if self.warm_start_steps < 0:
             raise ValueError("warm_start_steps must be >= 0")
         if self.push_to_hub and not self.hub_model_id:

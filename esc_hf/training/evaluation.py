@@ -1,21 +1,22 @@
-"""Codec evaluation at every bitrate: PESQ-WB, STOI, mel distance, SI-SDR and code utilization, as a table, a CSV
-and a rate–distortion plot."""
+"""Codec evaluation at every bitrate: PESQ-WB, STOI, mel distance, SI-SDR, code utilization and the health of every
+codebook, as tables, a CSV and a rate–distortion plot."""
 
 import csv
 import io
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..eval.metrics import METRICS, code_utilization, codebook_health, mel_distance, pesq_wb, si_sdr, stoi
 from ..utils.atomic_files import atomic_file
-from ..eval.metrics import METRICS, code_utilization, mel_distance, pesq_wb, si_sdr, stoi
-
 
 
 @torch.inference_mode()
 def evaluate_codec(model, clips: list[np.ndarray], num_streams: list[int] | None = None) -> list[dict]:
-    """One row per bitrate with the mean of each metric over `clips` (16 kHz mono arrays)."""
+    """One row per bitrate with the mean of each metric over `clips` (16 kHz mono arrays), the code utilization
+    and the usage and entropy of each codebook of its streams (see `esc_hf.eval.metrics.codebook_health`)."""
     if not clips:
         raise ValueError("evaluation needs at least one clip")
     config = model.config
@@ -36,6 +37,7 @@ def evaluate_codec(model, clips: list[np.ndarray], num_streams: list[int] | None
         row = {"kbps": config.bandwidth_for_num_streams(n), "streams": n, "clips": len(clips)}
         row.update({name: float(np.nanmean(values)) for name, values in scores.items()})
         row["utilization"] = code_utilization(codes, config.codebook_size)
+        row.update(codebook_health(codes, config.codebook_size))
         rows.append(row)
     return rows
 
@@ -71,6 +73,21 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         lines.append(f"{r['kbps']:>5g} {r['pesq']:>6.3f} {r['stoi']:>6.3f} {r['mel_distance']:>9.3f} "
                      f"{r['si_sdr']:>7.2f} {r['utilization']:>5.3f}")  # fmt: skip
+    return "\n".join(lines)
+
+
+def format_codebook_health(row: dict, codebook_size: int) -> str:
+    """The codebook columns of an `evaluate_codec` row as a table: per stream, the codes used and the entropy of
+    each codebook."""
+    streams = sorted({int(key.split("_")[1][1:]) for key in row if key.startswith("usage_s")})
+    if not streams:
+        return "(no codebook statistics: the quantizers were bypassed)"
+    lines = [f"{'stream':>6}  {f'codes used, of {codebook_size}':<28}  entropy, bits of {math.log2(codebook_size):g}"]
+    for s in streams:
+        codebooks = sorted(int(key.rsplit("_c", 1)[1]) for key in row if key.startswith(f"usage_s{s}_c"))
+        used = " / ".join(f"{round(row[f'usage_s{s}_c{c}'] * codebook_size)}" for c in codebooks)
+        bits = " / ".join(f"{row[f'entropy_s{s}_c{c}']:.1f}" for c in codebooks)
+        lines.append(f"{s:>6}  {used:<28}  {bits}")
     return "\n".join(lines)
 
 

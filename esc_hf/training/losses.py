@@ -1,4 +1,9 @@
-"""ESC's non-adversarial objective, as in the paper: power-law complex-STFT MSE, multi-scale mel L1, VQ losses."""
+"""ESC's non-adversarial objective, as in the paper: power-law complex-STFT MSE, multi-scale mel L1, VQ losses;
+and, as options beyond the paper, phase-aware STFT losses that teach harmonic fine structure and phase (MP-SENet,
+APCodec): anti-wrapping instantaneous-phase, group-delay and instantaneous-frequency losses and a
+magnitude-compressed complex STFT loss."""
+
+import math
 
 import torch
 import torch.nn as nn
@@ -14,6 +19,41 @@ def power_law_stft_loss(stft: torch.Tensor, reconstructed: torch.Tensor, power: 
         return torch.sign(x) * (x.abs() + eps) ** power
 
     return (compress(stft) - compress(reconstructed)).pow(2).mean([1, 2, 3])
+
+
+def _anti_wrapping(x: torch.Tensor) -> torch.Tensor:
+    """|x − 2π·round(x / 2π)|: how far a phase difference is from the nearest multiple of 2π (0 to π)."""
+    return (x - 2 * math.pi * torch.round(x / (2 * math.pi))).abs()
+
+
+def _phase(stft: torch.Tensor) -> torch.Tensor:
+    # MP-SENet's offsets: no 0/0 in atan2's gradient where a bin is exactly zero.
+    return torch.atan2(stft[:, 1] + 1e-10, stft[:, 0] + 1e-5)
+
+
+def phase_losses(stft: torch.Tensor, reconstructed: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The anti-wrapping phase losses of MP-SENet between two STFTs `(B, 2, F, T)`, each `(B,)`: instantaneous
+    phase (`phase_ip`), group delay (`phase_gd`, the phase's difference along frequency) and instantaneous angular
+    frequency (`phase_iaf`, its difference along time)."""
+    phase, phase_hat = _phase(stft), _phase(reconstructed)
+    return {
+        "phase_ip": _anti_wrapping(phase_hat - phase).mean([1, 2]),
+        "phase_gd": _anti_wrapping(phase_hat.diff(dim=1) - phase.diff(dim=1)).mean([1, 2]),
+        "phase_iaf": _anti_wrapping(phase_hat.diff(dim=2) - phase.diff(dim=2)).mean([1, 2]),
+    }
+
+
+def compressed_complex_loss(stft: torch.Tensor, reconstructed: torch.Tensor, power: float = 0.3) -> torch.Tensor:
+    """MSE between magnitude-compressed complex STFTs `|X|^power · e^{jθ}` `(B, 2, F, T)` plus the MSE of the
+    compressed magnitudes `|X|^power` (MP-SENet's complex and magnitude losses) → `(B,)`. Unlike the paper's
+    power-law loss, which compresses the real and imaginary parts one by one, this keeps each bin's phase."""
+
+    def compress(x):
+        magnitude = x.pow(2).sum(1, keepdim=True).add(1e-9).sqrt()
+        return x * magnitude.pow(power - 1), magnitude.pow(power)
+
+    (x, magnitude), (y, magnitude_hat) = compress(stft), compress(reconstructed)
+    return (x - y).pow(2).mean([1, 2, 3]) + (magnitude - magnitude_hat).pow(2).mean([1, 2, 3])
 
 
 class MultiScaleMelLoss(MultiScaleMel):
@@ -35,14 +75,18 @@ class MultiScaleMelLoss(MultiScaleMel):
 class EscLoss(nn.Module):
     """The weighted objective of the paper's non-adversarial recipe, per item then averaged over the batch.
 
-    `total = commitment_weight * cm + codebook_weight * cb + mel_weight * mel + stft_weight * stft`.
+    `total = commitment_weight * cm + codebook_weight * cb + mel_weight * mel + stft_weight * stft`, plus, where their
+    weights are not 0 (they are 0 in the paper's recipe and not computed then), `phase_weight * (phase_ip +
+    phase_gd + phase_iaf)` and `complex_weight * complex` ([`phase_losses`], [`compressed_complex_loss`]), on the
+    model's own STFTs.
     """
 
     def __init__(self, commitment_weight=0.25, codebook_weight=1.0, mel_weight=0.25, stft_weight=1.0,
-                 sampling_rate=16000, stft_power=0.3):  # fmt: skip
+                 sampling_rate=16000, stft_power=0.3, phase_weight=0.0, complex_weight=0.0):  # fmt: skip
         super().__init__()
         self.weights = {"commitment": commitment_weight, "codebook": codebook_weight, "mel": mel_weight,
-                        "stft": stft_weight}  # fmt: skip
+                        "stft": stft_weight, "phase_ip": phase_weight, "phase_gd": phase_weight,
+                        "phase_iaf": phase_weight, "complex": complex_weight}  # fmt: skip
         self.stft_power = stft_power
         self.mel_loss = MultiScaleMelLoss(sampling_rate)
 
@@ -55,5 +99,9 @@ class EscLoss(nn.Module):
             "mel": self.mel_loss(audio, output.audio_values.reshape(audio.shape)),
             "stft": power_law_stft_loss(output.input_stft, output.reconstructed_stft, self.stft_power),
         }
+        if self.weights["phase_ip"]:
+            terms.update(phase_losses(output.input_stft, output.reconstructed_stft))
+        if self.weights["complex"]:
+            terms["complex"] = compressed_complex_loss(output.input_stft, output.reconstructed_stft, self.stft_power)
         per_item = sum(self.weights[name] * value for name, value in terms.items())
         return {**terms, "total": per_item.mean()}

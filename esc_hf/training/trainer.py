@@ -13,6 +13,7 @@ and a training item is a pure function of its index (see `data.py`), the quantiz
 the step, so a resumed run repeats an uninterrupted one step for step.
 """
 
+import contextlib
 import csv
 import json
 import logging
@@ -30,6 +31,7 @@ from tqdm.auto import tqdm
 
 from ..codec.audio_io import list_audio_files
 from ..eval.model_card import write_model_card
+from ..eval.metrics import stream_usage
 from ..eval.plotting import plot_rate_distortion, plot_val_curve
 from ..models.esc.feature_extraction_esc import EscFeatureExtractor
 from ..models.esc.modeling_esc import EscModel
@@ -47,8 +49,9 @@ from .data import (
     valid_crop_length,
 )
 from .discriminator import Discriminator, discriminator_loss, feature_matching_loss, generator_adversarial_loss
-from .evaluation import evaluate_codec, evaluate_unquantized, format_table, write_csv
+from .evaluation import evaluate_codec, evaluate_unquantized, format_codebook_health, format_table, write_csv
 from .losses import EscLoss
+from .revival import DeadCodeReviver
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +96,8 @@ class EscTrainer:
         self.model.train()
         self.config = self.model.config
         self.loss_fn = EscLoss(args.commitment_weight, args.codebook_weight, args.mel_weight, args.stft_weight,
-                               sampling_rate=self.config.sampling_rate)  # fmt: skip
+                               sampling_rate=self.config.sampling_rate, phase_weight=args.phase_weight,
+                               complex_weight=args.complex_weight)  # fmt: skip
         self.crop_length = valid_crop_length(args.crop_seconds, self.config.sampling_rate,
                                              self.config.samples_per_code_frame, self.config.hop_length)  # fmt: skip
         self.lr_multiplier = lr_multiplier(args.lr_schedule, args.lr_warmup_steps, args.max_steps)
@@ -268,7 +272,9 @@ class EscTrainer:
         plot_val_curve(self.history, out / "val_curve.png", self.args.warm_start_steps)
         acc.log({f"eval/{k}_{r['kbps']:g}kbps": r[k] for r in rows for k in ("pesq", "stoi", "mel_distance", "si_sdr")},
                 step=self.step)  # fmt: skip
-        tqdm.write(f"step {self.step}:\n{format_table(rows)}")
+        acc.log({f"eval/codes_used_stream{s}": usage for s, usage in stream_usage(rows[-1]).items()}, step=self.step)
+        health = format_codebook_health(rows[-1], self.config.codebook_size)
+        tqdm.write(f"step {self.step}:\n{format_table(rows)}\n{health}")
         if rows[-1]["pesq"] > self.best_pesq:
             self.best_pesq = rows[-1]["pesq"]
             self.save_model(out / "best", rows)
@@ -315,6 +321,10 @@ class EscTrainer:
         if discriminator is not None:
             discriminator, disc_optimizer = prepared[2:]
         loss_fn = self.loss_fn.to(acc.device)
+        reviver = None
+        if args.dead_code_window:
+            reviver = DeadCodeReviver(acc.unwrap_model(self.model), args.dead_code_window, args.seed, accelerator=acc)
+            acc.register_for_checkpointing(reviver)  # its window counts and recent inputs resume with the run
         if args.resume:
             self._resume()
         loader = acc.prepare(self._dataloader(train_audio, stream))  # shards batches across processes
@@ -333,8 +343,10 @@ class EscTrainer:
                     self._switch_to_quantization()
                 self._set_learning_rates()
                 num_streams = draw_num_streams(args.seed, self.step, args.quantizer_dropout, max_streams)
+                watching = reviver.observe() if reviver is not None and not warm else contextlib.nullcontext()
                 with acc.accumulate(self.model):
-                    output = self.model(batch, num_streams=num_streams, bypass_quantizer=warm)
+                    with watching:
+                        output = self.model(batch, num_streams=num_streams, bypass_quantizer=warm)
                     terms = loss_fn(batch, output)
                     loss = terms["total"]
                     adversarial = discriminator is not None and not warm
@@ -362,6 +374,10 @@ class EscTrainer:
                 if not acc.sync_gradients:
                     continue
                 self.step += 1
+                if reviver is not None and not warm:
+                    revived = sum(reviver.maybe_revive(self.step, self._inner_optimizer).values())
+                    if revived:
+                        tqdm.write(f"step {self.step}: revived {revived} dead codebook entries")
                 total = acc.reduce(loss.detach(), reduction="mean").item()
                 self.last_losses.append(total)
                 progress.update(1)
@@ -371,6 +387,8 @@ class EscTrainer:
                     logs.update({"train/loss": total, "train/num_streams": num_streams, "train/warm_start": int(warm),
                                  "train/audio_seconds_per_second": audio_seconds / elapsed,
                                  "train/lr": self._inner_optimizer.param_groups[0]["lr"]})  # fmt: skip
+                    if reviver is not None:
+                        logs["train/revived_codes_total"] = reviver.revived_total
                     acc.log(logs, step=self.step)
                     if acc.is_main_process:  # plain-text twin of the tracker, for plots and A/B comparisons
                         args.output_path.mkdir(parents=True, exist_ok=True)
