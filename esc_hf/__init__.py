@@ -26,6 +26,7 @@ _EXPORTS = {
     "DEFAULT_MODEL": "codec.loading",
     "ModelLoadError": "codec.loading",
     "load_model": "codec.loading",
+    "encode_batch": "codec.dataset_codes",
 }
 
 # Modules of release 0.1's flat layout and where they live now. `import esc_hf.bitstream` and the like still work

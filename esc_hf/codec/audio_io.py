@@ -5,6 +5,7 @@ Files are read and written block by block, so that memory does not grow with the
 """
 
 import contextlib
+import io
 from pathlib import Path
 
 import numpy as np
@@ -149,3 +150,43 @@ def save_audio(path: str | Path, audio: np.ndarray, sampling_rate: int = 16000) 
     """Write mono `audio` atomically; the format follows the extension (wav, flac, ogg)."""
     with open_audio_sink(path, sampling_rate) as sink:
         sink.write(audio)
+
+
+def decode_audio_value(value, sampling_rate: int = 16000) -> np.ndarray:
+    """An undecoded `datasets.Audio` value (`{"bytes", "path"}`) or a decoded one (`{"array", "sampling_rate"}`)
+    as mono float32 at `sampling_rate`."""
+    if isinstance(value, dict) and value.get("array") is not None:
+        audio, rate = np.asarray(value["array"], dtype=np.float32), value["sampling_rate"]
+    elif isinstance(value, dict) and (value.get("bytes") or value.get("path")):
+        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
+        try:
+            audio, rate = sf.read(source, dtype="float32", always_2d=True)
+        except _READ_ERRORS as error:
+            raise AudioFileError(f"cannot read audio {value.get('path') or '(bytes)'}: {error}") from None
+    else:
+        raise ValueError(f"cannot read an audio value of type {type(value).__name__} from the dataset")
+    if audio.ndim == 2:
+        audio = audio.mean(axis=1) if audio.shape[1] <= 8 else audio.mean(axis=0)
+    if rate != sampling_rate:
+        audio = soxr.resample(audio, rate, sampling_rate).astype(np.float32)
+    return audio
+
+
+def load_audio_dataset(name: str, split: str, audio_column: str, streaming: bool, config_name: str | None = None):
+    """A Hugging Face dataset (Hub name, with `config_name`, or a `save_to_disk` folder) with its audio column left
+    undecoded, so that soundfile reads it ([`decode_audio_value`]; no extra audio backend needed)."""
+    import datasets
+
+    path = Path(name)
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        data = datasets.load_from_disk(str(path))
+        data = data[split] if isinstance(data, datasets.DatasetDict) else data
+        if streaming:
+            data = data.to_iterable_dataset()
+    else:
+        data = datasets.load_dataset(name, config_name, split=split, streaming=streaming)
+    if audio_column not in data.column_names:
+        raise ValueError(f"dataset {name!r} has no column {audio_column!r}; columns: {data.column_names}")
+    if isinstance(data.features[audio_column], datasets.Audio):
+        data = data.cast_column(audio_column, datasets.Audio(decode=False))
+    return data

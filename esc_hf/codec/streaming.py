@@ -24,8 +24,8 @@ from torch import nn
 from ..utils.atomic_files import atomic_file
 from .bitstream import HEADER_SIZE, EscHeader, PacketReader, PacketWriter, TruncatedError
 
-# Measured in benchmarks/bench_long_files.py: 10 s chunks keep ESC-Base's peak memory near 0.5 GB while the
-# context around them (< 0.7 s per side) costs under 15 % extra compute.
+# 10 s chunks: memory stays bounded while the context around each chunk costs little extra compute (the figures:
+# docs/streaming.md, measured with benchmarks/bench_long_files.py).
 FILE_CHUNK_FRAMES = 500
 # 0.2 s: the latency a stream adds on top of the model's look-ahead (see docs/streaming.md).
 STREAM_CHUNK_FRAMES = 10

@@ -105,6 +105,8 @@ def mel_distance(reference, estimate, sampling_rate: int = 16000) -> float:
         _MEL[sampling_rate] = MultiScaleMel(sampling_rate)
     loss = _MEL[sampling_rate]
     reference, estimate = _pair(reference, estimate)
+    if reference.size <= max(loss.window_lengths) // 2:
+        raise ValueError(f"the mel distance needs more than {max(loss.window_lengths) // 2} samples, got {reference.size}")
     x = torch.from_numpy(reference).float()[None]
     y = torch.from_numpy(estimate).float()[None]
     with torch.no_grad():

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, IterableDataset
 
-from ..codec.audio_io import AudioFileError, load_audio
+from ..codec.audio_io import AudioFileError, decode_audio_value, load_audio
 
 
 def split_files(files: list[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:
@@ -115,50 +115,8 @@ class StreamingCropDataset(IterableDataset):
     def __iter__(self):
         buffer = np.zeros(0, np.float32)
         for example in self.examples:
-            buffer = np.concatenate([buffer, decode_example(example[self.audio_column], self.sampling_rate)])
+            buffer = np.concatenate([buffer, decode_audio_value(example[self.audio_column], self.sampling_rate)])
             while buffer.shape[0] >= self.crop_length:
                 crop, buffer = buffer[: self.crop_length], buffer[self.crop_length :]
                 if np.sqrt(np.mean(crop**2)) >= self.silence:
                     yield torch.from_numpy(crop.copy())[None]
-
-
-def decode_example(value, sampling_rate: int = 16000) -> np.ndarray:
-    """An undecoded `datasets.Audio` value (`{"bytes", "path"}`) or a decoded one (`{"array", "sampling_rate"}`)
-    as mono float32 at `sampling_rate`."""
-    import io
-
-    import soundfile as sf
-    import soxr
-
-    if isinstance(value, dict) and value.get("array") is not None:
-        audio, rate = np.asarray(value["array"], dtype=np.float32), value["sampling_rate"]
-    elif isinstance(value, dict) and (value.get("bytes") or value.get("path")):
-        source = io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"]
-        audio, rate = sf.read(source, dtype="float32", always_2d=True)
-    else:
-        raise ValueError(f"cannot read an audio value of type {type(value).__name__} from the dataset")
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1) if audio.shape[1] <= 8 else audio.mean(axis=0)
-    if rate != sampling_rate:
-        audio = soxr.resample(audio, rate, sampling_rate).astype(np.float32)
-    return audio
-
-
-def load_hf_dataset(name: str, split: str, audio_column: str, streaming: bool):
-    """A Hugging Face dataset (hub name or `save_to_disk` folder) with its audio column left undecoded, so that
-    soundfile reads it (no extra audio backend needed)."""
-    import datasets
-
-    path = Path(name)
-    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
-        data = datasets.load_from_disk(str(path))
-        data = data[split] if isinstance(data, datasets.DatasetDict) else data
-        if streaming:
-            data = data.to_iterable_dataset()
-    else:
-        data = datasets.load_dataset(name, split=split, streaming=streaming)
-    if audio_column not in data.column_names:
-        raise ValueError(f"dataset {name!r} has no column {audio_column!r}; columns: {data.column_names}")
-    if isinstance(data.features[audio_column], datasets.Audio):
-        data = data.cast_column(audio_column, datasets.Audio(decode=False))
-    return data

@@ -29,7 +29,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..codec.audio_io import list_audio_files
+from ..codec.audio_io import decode_audio_value, list_audio_files, load_audio_dataset
 from ..eval.model_card import write_model_card
 from ..eval.metrics import stream_usage
 from ..eval.plotting import plot_rate_distortion, plot_val_curve
@@ -41,9 +41,7 @@ from .data import (
     RandomCropDataset,
     StreamingCropDataset,
     cached_concatenation,
-    decode_example,
     decode_files,
-    load_hf_dataset,
     overlap_warning,
     split_files,
     valid_crop_length,
@@ -127,18 +125,18 @@ class EscTrainer:
             with self.accelerator.main_process_first():
                 train_audio = cached_concatenation(files, cache, sr)
         else:
-            data = load_hf_dataset(args.dataset, args.dataset_split, args.audio_column, args.streaming)
+            data = load_audio_dataset(args.dataset, args.dataset_split, args.audio_column, args.streaming)
             if val_clips is None:
                 held_out = list(data.take(args.max_val_clips)) if args.streaming else data.select(
                     range(min(args.max_val_clips, max(1, int(len(data) * args.val_fraction))))
                 )  # fmt: skip
-                val_clips = [decode_example(row[args.audio_column], sr) for row in held_out]
+                val_clips = [decode_audio_value(row[args.audio_column], sr) for row in held_out]
                 data = data.skip(len(val_clips)) if args.streaming else data.select(range(len(val_clips), len(data)))
             if args.streaming:
                 stream = StreamingCropDataset(data.shuffle(seed=args.seed), args.audio_column, self.crop_length, sr,
                                               args.silence_db)  # fmt: skip
             else:
-                train_audio = np.concatenate([decode_example(row[args.audio_column], sr) for row in data])
+                train_audio = np.concatenate([decode_audio_value(row[args.audio_column], sr) for row in data])
         limit = int(args.max_val_seconds * sr)
         self.val_clips = [clip[:limit] for clip in val_clips if clip.size >= 4 * self.config.samples_per_code_frame]
         if not self.val_clips:
