@@ -132,3 +132,15 @@ def test_folder_source(tmp_path):
     for row in data:
         clip = sf.read(str(folder / row["file"]), dtype="float32")[0]
         assert np.array_equal(np.asarray(row["codes"]), alone(model, clip, 1))
+
+
+def test_streaming_source(source, tmp_path):
+    root, model, clips = source
+    run("--dataset", root / "source", "--streaming", "--model", root / "model", "--output", tmp_path / "codes",
+        "--shard-size", 3, "--lm-tokens")  # fmt: skip
+    data = datasets.load_from_disk(str(tmp_path / "codes"))
+    assert sorted(data["id"]) == sorted(f"utt{i}" for i in range(len(LENGTHS)))  # every row once, in stream order
+    for row in data:
+        index = int(row["id"][3:])
+        assert np.array_equal(np.asarray(row["codes"]), alone(model, clips[index])), row["id"]
+        assert len(row["tokens"]) == np.asarray(row["codes"]).size
