@@ -11,8 +11,8 @@ the audio (ids, texts; `file` for a folder), `source_index` (the row of the sour
 `esc_hf.codec.tokens`; its `info.description` holds the model's name, config and codebook fingerprints as JSON.
 Codes equal `model.encode` of each item alone (see `esc_hf.codec.dataset_codes`).
 
-Work is cut into shards of `--shard-size` rows; process p of N takes shards p, p + N, …, sorts each shard's rows
-by length for full batches and writes it atomically. A run that was killed finishes the missing shards when
+Work is cut into shards of `--shard-size` rows; process p of N takes shards p, p + N, …, encodes each shard as one
+`encode_batch` call (which groups the whole shard by padded length, for full model calls) and writes it atomically. A run that was killed finishes the missing shards when
 started again with the same command; a finished output is left as it is. `--verify K` re-encodes K random rows
 from the source alone and checks their codes, and reports how close their decoded audio is to the source.
 """
@@ -94,14 +94,10 @@ def shard_rows(source, shard: int, shard_size: int):
     return rows.add_column("source_index", list(range(start, start + len(rows))))
 
 
-def write_shard(rows, encode, audio_column: str, path: Path, batch_size: int):
-    """Encode `rows`, longest first (so that items of equal padded length share model calls), and save them to
-    `path` atomically."""
-    from esc_hf.codec.audio_io import decode_audio_value
-
-    lengths = [decode_audio_value(value).size for value in rows[audio_column]]
-    rows = rows.select(np.argsort(lengths, kind="stable")[::-1])  # equal padded lengths side by side
-    coded = rows.map(encode, batched=True, batch_size=max(batch_size, len(rows)), remove_columns=[audio_column])
+def write_shard(rows, encode, audio_column: str, path: Path):
+    """Encode `rows` in one `encode` call, so that all the shard's items of one padded length share model calls,
+    and save them to `path` atomically."""
+    coded = rows.map(encode, batched=True, batch_size=len(rows), remove_columns=[audio_column])
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     coded.save_to_disk(str(tmp))
@@ -208,7 +204,7 @@ def main(argv=None) -> int:
             rows = datasets.Dataset.from_list(rows).cast_column(args.audio_column, datasets.Audio(decode=False))
         else:
             rows = shard_rows(source, rows, args.shard_size)
-        write_shard(rows, encode, args.audio_column, path, args.batch_size)
+        write_shard(rows, encode, args.audio_column, path)
         seconds += sum(datasets.load_from_disk(str(path))["num_samples"]) / model.config.sampling_rate
         done += 1
     elapsed = time.perf_counter() - started
