@@ -1,4 +1,4 @@
-"""The `esc` command line (also `python -m esc_hf`): encode, decode, info, roundtrip, report.
+"""The `esc` command line (also `python -m esc_hf`): encode, decode, info, truncate, roundtrip, report.
 
 Files of any length are processed in chunks (esc_hf.codec.streaming), so memory does not grow with their length.
 Every expected failure (missing or unreadable file, unsupported bitrate, corrupt `.esc`, wrong model, a full
@@ -91,6 +91,7 @@ def encode(args) -> None:
             args.output,
             num_streams,
             chunk_frames=_chunk_frames(model, args),
+            version=int(args.format[1:]),
         )
     finally:
         if bar is not None:
@@ -144,31 +145,30 @@ def decode(args) -> None:
 
 
 def info(args) -> None:
-    from .codec.bitstream import VERSION, BitstreamError, ModelMismatchError
+    from .codec.bitstream import CODER_NAMES, BitstreamError, ModelMismatchError
     from .codec.streaming import iter_packets
 
     path = Path(args.input)
     if not path.is_file():
         raise OSError(f"no such file: {path}")
     try:
-        packets = iter_packets(path)
+        packets = iter_packets(path, decode_codes=False)  # every check but the codes' decoding: no model needed
         header = next(packets)
         count = frames = drop = 0
+        layer_bytes = [0] * header.num_streams  # v2: bytes of each layer, framing included
+        fewer = 0  # v2: packets with fewer layers than the header's streams
         for packet in packets:
-            count, frames, drop = count + 1, frames + packet.codes.shape[-1], packet.drop
+            count, frames, drop = count + 1, frames + packet.frames, packet.drop
+            for layer, size in enumerate(packet.layer_sizes):
+                layer_bytes[layer] += size
+            fewer += 0 < packet.layers < header.num_streams
     except BitstreamError as error:
         raise type(error)(f"{path}: {error}") from None
     header = header.with_length(frames * header.samples_per_frame - drop, frames)  # a live stream's header lacks it
     size = path.stat().st_size
-    payload = sum(
-        header.payload_size(min(header.frames_per_packet, frames - start))
-        for start in range(0, frames, header.frames_per_packet)
-    )
     nominal = header.kbps * 1000 * header.duration / 8
     # The reader refuses empty streams; this line must not divide by zero even so.
-    overhead = (
-        f"{(size - nominal) / nominal:+.2%} over the nominal {nominal:,.0f} bytes" if nominal > 0 else "no audio"
-    )
+    overhead = "no audio" if nominal <= 0 else f"{(size - nominal) / nominal:+.2%} against the nominal {nominal:,.0f} bytes"
     model = load_model(args.model)
     try:
         header.check_model(model)  # the fields as well as the fingerprints: a forged header keeps the fingerprints
@@ -177,29 +177,64 @@ def info(args) -> None:
         matches = False
     except BitstreamError as error:
         raise type(error)(f"{path}: {error}") from None
+    coder = "bit-packed codes, one CRC per packet"
+    if header.version >= 2:
+        coder = CODER_NAMES[header.coder] + (
+            f" (tables {header.coder_fingerprint.hex()})" if header.coder_fingerprint != bytes(8) else ""
+        )
     rows = [
-        ("file", f"{path} ({size:,} bytes)"),
-        ("format", f"ESC bitstream version {VERSION}"),
+        ("file", f"{path} ({size:,} bytes = {size * 8 / header.duration / 1000:.2f} kbps)"),
+        ("format", f"ESC bitstream version {header.version}; {coder}"),
         ("audio", f"{header.num_samples:,} samples at {header.sample_rate} Hz = {header.duration:.3f} s, mono"),
         (
             "codes",
             (
                 f"{header.num_streams} streams × {header.group_size} codebooks × {header.bits_per_code} bits, "
-                f"{header.num_frames:,} frames at {header.frame_rate:g}/s = {header.kbps:g} kbps"
+                f"{header.num_frames:,} frames at {header.frame_rate:g}/s = {header.kbps:g} kbps nominal"
             ),
         ),
         ("packets", f"{count:,} of up to {header.frames_per_packet} frames, every CRC correct"),
-        ("size", f"{payload:,} bytes of codes + {size - payload:,} of header and framing; {overhead}"),
-        (
-            "model",
-            (
-                f"config {header.config_fingerprint.hex()}, codebooks {header.codebook_fingerprint.hex()}: "
-                f"{'decodes with' if matches else 'NOT made by'} {_model_name(args)}"
-            ),
-        ),
+        ("size", f"{size:,} bytes, {overhead}"),
     ]
+    if header.version >= 2:
+        for layer, used in enumerate(layer_bytes):
+            rows.append((
+                "layer" if layer == 0 else "",
+                f"{layer}: {used:,} bytes = {used * 8 / header.duration / 1000:.2f} kbps (nominal "
+                f"{header.kbps_per_stream:g})",
+            ))  # fmt: skip
+        if fewer:
+            rows.append(("", f"{fewer} packets hold fewer layers (a lower rate there)"))
+    rows.append((
+        "model",
+        f"config {header.config_fingerprint.hex()}, codebooks {header.codebook_fingerprint.hex()}: "
+        f"{'decodes with' if matches else 'NOT made by'} {_model_name(args)}",
+    ))  # fmt: skip
     for name, value in rows:
         print(f"{name:<8} {value}")
+
+
+def truncate(args) -> None:
+    from .codec.bitstream import BitstreamError, EscHeader, streams_for_kbps
+    from .codec.bitstream import truncate as truncate_stream
+    from .utils.atomic_files import atomic_file
+
+    _check_output(args)
+    path = Path(args.input)
+    if not path.is_file():
+        raise OSError(f"no such file: {path}")
+    data = path.read_bytes()
+    try:
+        header = EscHeader.from_bytes(data)
+        streams = streams_for_kbps(header, args.kbps)
+        if streams > header.num_streams:
+            raise ValueError(f"the file is {header.kbps:g} kbps; it cannot be raised to {args.kbps:g}")
+        out = truncate_stream(data, streams)
+    except BitstreamError as error:
+        raise type(error)(f"{path}: {error}") from None
+    with atomic_file(args.output) as handle:
+        handle.write(out)
+    print(f"{args.input} → {args.output}: {header.kbps:g} → {args.kbps:g} kbps, {len(data):,} → {len(out):,} bytes")
 
 
 def roundtrip(args) -> None:
@@ -291,15 +326,28 @@ def build_parser() -> argparse.ArgumentParser:
         "any channels: resampled and mixed to mono). Long files are processed in chunks, in bounded memory. "
         f"Without --model, the packaged model is used ({DEFAULT_MODEL.resolve().name}).",
     )
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{encode,decode,info,roundtrip,report}")
-    _add_verb(verbs, "encode", encode, "compress an audio file to an .esc file",
-              "Compress an audio file to an .esc bitstream (see docs/bitstream.md).",
-              AUDIO_IN_HELP, ".esc file to write", kbps=True)  # fmt: skip
+    verbs = parser.add_subparsers(dest="verb", required=True,
+                                  metavar="{encode,decode,info,truncate,roundtrip,report}")  # fmt: skip
+    enc = _add_verb(verbs, "encode", encode, "compress an audio file to an .esc file",
+                    "Compress an audio file to an .esc bitstream (see docs/bitstream.md).",
+                    AUDIO_IN_HELP, ".esc file to write", kbps=True)  # fmt: skip
+    enc.add_argument("--format", choices=("v1", "v2"), default="v2",
+                     help="bitstream version: v2 (default) is layered and entropy coded with the model folder's "
+                          "tables; v1 is the older bit-packed format")  # fmt: skip
     _add_verb(verbs, "decode", decode, "decompress an .esc file to audio",
               "Decode an .esc file with the model that encoded it.", ".esc file", AUDIO_OUT_HELP)  # fmt: skip
     _add_verb(verbs, "info", info, "check an .esc file and describe it",
               "Read every packet of an .esc file, check it, and print what it holds.", ".esc file", None,
               chunks=False, model_help="model to check the file against (default: the packaged model)")  # fmt: skip
+    cut = verbs.add_parser("truncate", help="lower an .esc file's bitrate by dropping layers (no model)",
+                           description="Copy a version 2 .esc file with only the layers of a lower bitrate: the "
+                                       "bytes of the coarse layers are kept, the finer ones dropped; no model, no "
+                                       "decoding. Decoding the result equals encoding at that bitrate.")  # fmt: skip
+    cut.add_argument("input", help=".esc file (version 2)")
+    cut.add_argument("output", help=".esc file to write")
+    cut.add_argument("--kbps", type=float, required=True, help="the lower bitrate, a multiple of the file's rate "
+                                                               "per layer (1.5 for ESC-Base)")  # fmt: skip
+    cut.set_defaults(func=truncate)
     _add_verb(verbs, "roundtrip", roundtrip, "encode and decode a file, writing the decoded audio",
               "Encode and decode an audio file (what `encode` then `decode` give).", AUDIO_IN_HELP,
               "decoded " + AUDIO_OUT_HELP, kbps=True)  # fmt: skip

@@ -2,7 +2,7 @@
 the validation clips, curves and a model card that says how it was made.
 
     python examples/prepare_speech_data.py --output data/speech
-    python examples/package_checkpoint.py --run runs/esc-base-cpu --val data/speech/val \
+    python examples/package_checkpoint.py --run runs/esc-base-cpu --val data/speech/val --train data/speech/train \
         --output checkpoints/esc-base --command "python examples/train.py ... --data_dir data/speech/train ..." \
         --hardware "2-core Xeon, bf16" --wall-time "2 h 10 min"
 
@@ -20,9 +20,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
+sys.path.insert(0, str(ROOT / "examples"))
 
 import bench_bf16_quality  # noqa: E402
 import compare_codecs  # noqa: E402
+import fit_entropy_model  # noqa: E402
 
 from esc_hf import EscFeatureExtractor, EscModel  # noqa: E402
 from esc_hf.utils.atomic_files import atomic_directory  # noqa: E402
@@ -75,6 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="training output folder (its latest checkpoint is shipped)")
     parser.add_argument("--val", type=Path, required=True, help="validation clips")
+    parser.add_argument("--train", type=Path, required=True, help="training clips (the .esc v2 entropy tables)")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--config", default="examples/configs/esc-base-cpu.yaml", help="the recipe")
     parser.add_argument("--command", required=True, help="the exact training command(s)")
@@ -93,6 +96,7 @@ def main() -> None:
     with atomic_directory(args.output) as tmp:
         model.save_pretrained(tmp)
         EscFeatureExtractor(sampling_rate=model.config.sampling_rate).save_pretrained(tmp)
+        fit_entropy_model.fit_into(tmp, args.train)  # before the evaluation, which measures real v2 files
         summary, skipped = compare_codecs.run(args.val, tmp, str(tmp), ["esc", "opus", "amr-wb"], args.limit,
                                               label=f"checkpoints/esc-base at step {state['step']}")
         (tmp / "compare.csv").rename(tmp / "eval_per_clip.csv")
@@ -122,7 +126,9 @@ def main() -> None:
             "`benchmarks/bench_codec.py`) on the same clips, each path decoding its own codes "
             f"(`benchmarks/bench_bf16_quality.py`; `bf16_quality.csv`):\n\n{_bf16_table(bf16)}\n\n"
             "`eval.csv` (means), `eval_per_clip.csv`, `rate_distortion.png` (all codecs) and `val_curve.png` (validation "
-            "during training; `eval_history.csv`, `train_log.jsonl`) are in this folder.\n"
+            "during training; `eval_history.csv`, `train_log.jsonl`) are in this folder, with "
+            "`entropy_model.safetensors`: the `.esc` v2 entropy-coding tables, fitted on the training clips' codes by "
+            "`examples/fit_entropy_model.py`.\n"
         )
         if skipped:
             training += f"\nNot measured here: {skipped}.\n"

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from esc_hf import EscConfig, EscModel
 from esc_hf.codec.bitstream import (
-    HEADER_SIZE,
+    HEADER_SIZES,
     MAX_BITS_PER_CODE,
     MAX_GROUPS,
     MAX_PACKET_PAYLOAD,
@@ -50,8 +50,11 @@ def small_stream(model, clip):
     """A real clip's first 0.3 s at 2 streams in packets of 4 frames: small enough to flip every bit."""
     audio = clip[:4800]
     codes = model.encode(audio[None, None], num_streams=2).audio_codes
-    header = EscHeader.for_model(model, 2, audio.numel(), frames_per_packet=4)
+    header = EscHeader.for_model(model, 2, audio.numel(), frames_per_packet=4, version=1)
     return pack(codes, header), codes, header
+
+
+HEADER_SIZE = HEADER_SIZES[1]  # `small_stream` is version 1; the v2 tests are at the end
 
 
 def test_round_trip_is_exact_on_real_codes(model, clip):
@@ -65,7 +68,7 @@ def test_round_trip_is_exact_on_real_codes(model, clip):
 
 @pytest.mark.parametrize("bits", [1, 3, 6, 10, 13, 16])
 def test_round_trip_any_power_of_two_codebook(bits):
-    header = EscHeader(16000, 320, 4, 3, bits, 7, b"c" * 8, b"b" * 8, 320 * 23 - 80, 23)
+    header = EscHeader(16000, 320, 4, 3, bits, 7, b"c" * 8, b"b" * 8, 320 * 23 - 80, 23, version=1)
     codes = torch.from_numpy(np.random.default_rng(bits).integers(0, 2**bits, (1, 4, 3, 23)))
     codes[0, 0, 0, :2] = torch.tensor([0, 2**bits - 1])  # both extremes
     data = pack(codes, header)
@@ -78,7 +81,7 @@ def test_payload_is_the_nominal_bitrate():
     """ESC-Base, 10 s at 6 kbps: 7,500 bytes of codes (7,515: the model codes 160,000 samples as 501 frames), and
     header plus framing under 3 %."""
     model = EscModel(EscConfig())
-    header = EscHeader.for_model(model, 4, 160000)
+    header = EscHeader.for_model(model, 4, 160000, version=1)
     codes = torch.randint(0, 1024, (1, 4, 3, header.num_frames))
     data = pack(codes, header)
     code_bytes = sum(header.payload_size(min(50, 501 - s)) for s in range(0, 501, 50))
@@ -120,9 +123,9 @@ def test_foreign_data_and_other_versions(small_stream):
     with pytest.raises(FormatError, match="not an ESC bitstream"):
         unpack(b"\x00")
     body = bytearray(data[: HEADER_SIZE - 4])
-    body[4] = 2  # a future version, with a valid CRC
+    body[4] = 3  # a future version, with a valid CRC
     future = bytes(body) + struct.pack("<I", zlib.crc32(bytes(body))) + data[HEADER_SIZE:]
-    with pytest.raises(FormatError, match="unsupported ESC bitstream version 2"):
+    with pytest.raises(FormatError, match="unsupported ESC bitstream version 3"):
         unpack(future)
 
 
@@ -145,7 +148,7 @@ def test_packets_out_of_order_trailing_data_and_foreign_packets(model, small_str
         unpack(header.to_bytes() + packets[0] + packets[2] + packets[1] + packets[3])
     with pytest.raises(CorruptError, match="unexpected data after the final packet"):
         unpack(data + b"\x00")
-    other = EscHeader.for_model(model, 3, 4800, frames_per_packet=4)  # another stream's packets fail their CRC
+    other = EscHeader.for_model(model, 3, 4800, frames_per_packet=4, version=1)  # another stream's packets fail their CRC
     reader = PacketReader(other)
     with pytest.raises(CorruptError, match="CRC mismatch"):
         reader.parse(packets[0])
@@ -176,7 +179,7 @@ def test_bad_codes_are_rejected(model, small_stream):
         with pytest.raises(ValueError, match=message):
             pack(bad, header)
     with pytest.raises(ValueError, match="number of samples"):
-        pack(codes, EscHeader.for_model(model, 2))
+        pack(codes, EscHeader.for_model(model, 2, version=1))
     with pytest.raises(ValueError, match="1 to 4 code frames .the header's frames per packet., got 5"):
         PacketWriter(header).packet(codes[0, ..., :5])  # a reader would refuse it
 
@@ -398,7 +401,14 @@ _EDITS = st.lists(
 @FUZZ
 @given(edits=_EDITS)
 def test_fuzz_damaged_bytes(model, small_stream, edits):
-    data = bytearray(small_stream[0])
+    data = _damaged(small_stream[0], edits)
+    for with_model in (None, model):
+        _decodes_or_says_why(data, with_model)
+
+
+def _damaged(data: bytes, edits) -> bytes:
+    """`data` with `_EDITS`' overwrites, insertions, deletions and cuts applied."""
+    data = bytearray(data)
     for kind, at, chunk in edits:
         at %= len(data) + 1
         if kind == "overwrite":
@@ -409,8 +419,7 @@ def test_fuzz_damaged_bytes(model, small_stream, edits):
             del data[at : at + len(chunk)]
         else:
             del data[at:]
-    for with_model in (None, model):
-        _decodes_or_says_why(bytes(data), with_model)
+    return bytes(data)
 
 
 _FIELD_RANGES = {
@@ -479,3 +488,279 @@ def test_fuzz_forged_streams(model, small_stream):
     assert any(without for without, _ in decoded) and any(with_model for _, with_model in decoded), (
         "the forged streams must also include valid ones"
     )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Version 2: layers, entropy coding, truncation
+
+
+@pytest.fixture(scope="module")
+def tables(model):
+    from esc_hf.codec.entropy import load_entropy_model
+
+    return load_entropy_model(model)
+
+
+@pytest.fixture(scope="module", params=["raw", "entropy"])
+def v2_stream(request, model, clip, tables):
+    """A real clip's first 0.3 s at 6 streams in packets of 4 frames, version 2, raw or entropy coded."""
+    audio = clip[:4800]
+    codes = model.encode(audio[None, None]).audio_codes
+    coder = tables if request.param == "entropy" else None
+    header = EscHeader.for_model(model, 6, audio.numel(), frames_per_packet=4, entropy_model=coder)
+    return pack(codes, header, coder), codes, header, coder
+
+
+def test_v2_round_trip_is_exact_at_every_rate(model, clip, tables):
+    codes = model.encode(clip[None, None]).audio_codes
+    for num_streams in range(1, 7):
+        part = codes[:, :num_streams]
+        for coder in (None, tables):
+            header = EscHeader.for_model(model, num_streams, clip.numel(), entropy_model=coder)
+            assert header.version == 2 and header.size == HEADER_SIZES[2]
+            decoded, meta = unpack(pack(part, header, coder), model)  # the model's folder gives the tables
+            assert torch.equal(decoded, part) and meta == header
+
+
+def test_coarse_codes_do_not_depend_on_finer_streams(model, clip):
+    codes = model.encode(clip[None, None]).audio_codes
+    for num_streams in range(1, 6):
+        assert torch.equal(model.encode(clip[None, None], num_streams=num_streams).audio_codes, codes[:, :num_streams])
+
+
+def test_truncate_equals_encoding_at_the_lower_rate(model, clip, tables, tmp_path):
+    """Byte for byte, so the decoded audio is the lower rate's, bit for bit."""
+    from esc_hf.codec.bitstream import truncate, truncate_packet
+
+    codes = model.encode(clip[None, None]).audio_codes
+    for coder in (None, tables):
+        full = pack(codes, EscHeader.for_model(model, 6, clip.numel(), entropy_model=coder), coder)
+        for num_streams in range(1, 7):
+            header = EscHeader.for_model(model, num_streams, clip.numel(), entropy_model=coder)
+            low = pack(codes[:, :num_streams], header, coder)
+            assert truncate(full, num_streams) == low
+        assert truncate(full, 9) == full  # more streams than it has: unchanged
+        header = EscHeader.from_bytes(full)
+        packet = full[header.size :][: 100000]
+        reader = PacketReader(header, decode_codes=False)
+        first = reader.read(io.BytesIO(packet))
+        one = truncate_packet(packet[: first.size], header, 2)
+        assert one == low_packet(model, codes, clip, coder, 2)
+    (tmp_path / "full.esc").write_bytes(full)
+    assert main(["truncate", str(tmp_path / "full.esc"), str(tmp_path / "low.esc"), "--kbps", "3"]) == 0
+    assert main(["roundtrip", str(SPEECH[0]), str(tmp_path / "rt.wav"), "--kbps", "3"]) == 0
+    assert main(["decode", str(tmp_path / "low.esc"), str(tmp_path / "low.wav")]) == 0
+    assert np.array_equal(sf.read(str(tmp_path / "low.wav"))[0], sf.read(str(tmp_path / "rt.wav"))[0])
+
+
+def low_packet(model, codes, clip, coder, num_streams):
+    """The first packet of the clip encoded at `num_streams` streams."""
+    header = EscHeader.for_model(model, num_streams, clip.numel(), entropy_model=coder)
+    low = pack(codes[:, :num_streams], header, coder)
+    header = EscHeader.from_bytes(low)
+    reader = PacketReader(header, decode_codes=False)
+    first = reader.read(io.BytesIO(low[header.size :]))
+    return low[header.size : header.size + first.size]
+
+
+def test_truncate_refuses_what_it_cannot_do(small_stream, v2_stream, tmp_path, capsys):
+    from esc_hf.codec.bitstream import truncate
+
+    with pytest.raises(FormatError, match="version 1 stream has no layers"):
+        truncate(small_stream[0], 1)
+    with pytest.raises(ValueError, match="at least 1"):
+        truncate(v2_stream[0], 0)
+    (tmp_path / "x.esc").write_bytes(v2_stream[0])
+    for kbps, message in (("2", "not a multiple of this stream's 1.5 kbps"), ("12", "cannot be raised to 12")):
+        assert main(["truncate", str(tmp_path / "x.esc"), str(tmp_path / "y.esc"), "--kbps", kbps]) == 1
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "y.esc").exists()
+    damaged = bytearray(v2_stream[0])
+    damaged[-10] ^= 1
+    with pytest.raises(CorruptError, match="CRC mismatch"):
+        truncate(bytes(damaged), 1)  # a relay checks before it copies
+
+
+def test_v2_every_truncation_and_bit_flip_is_reported(v2_stream):
+    data, codes, header, coder = v2_stream
+    assert torch.equal(unpack(data, entropy_model=coder)[0], codes)
+    for size in range(len(data)):
+        with pytest.raises(TruncatedError, match="cut off|ends before"):
+            unpack(data[:size], entropy_model=coder)
+    for bit in range(len(data) * 8):
+        flipped = bytearray(data)
+        flipped[bit // 8] ^= 1 << (bit % 8)
+        with pytest.raises((CorruptError, TruncatedError, FormatError)):
+            unpack(bytes(flipped), entropy_model=coder)
+
+
+def test_v2_tables_must_be_the_ones_the_stream_names(model, v2_stream, speech_codes_for_tables):
+    from esc_hf.codec.entropy import EntropyModel
+
+    data, _, header, coder = v2_stream
+    if coder is None:
+        assert header.coder == 0 and header.coder_fingerprint == bytes(8)
+        return
+    with pytest.raises(ModelMismatchError, match="entropy coded .* no entropy model"):
+        unpack(data)  # no model, no tables
+    other = EntropyModel.fit(speech_codes_for_tables, "none", 1024)
+    with pytest.raises(ModelMismatchError, match="other tables"):
+        unpack(data, model, entropy_model=other)
+    with pytest.raises(ValueError, match="does not match the header"):
+        PacketWriter(header, other)
+    info = PacketReader(header, decode_codes=False)  # checking without the tables (esc info) works
+    handle = io.BytesIO(data[header.size :])
+    while info.read(handle) is not None:
+        pass
+    assert info.finished
+
+
+@pytest.fixture(scope="module")
+def speech_codes_for_tables(model, clip):
+    return [model.encode(clip[None, None]).audio_codes[0].numpy()]
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [({"coder": 7}, "coder 7"), ({"coder": 0, "coder_fingerprint": b"x" * 8}, "raw stream with an entropy model")],
+)
+def test_v2_header_fields_are_checked(v2_stream, change, message):
+    data, _, header, _ = v2_stream
+    forged = dataclasses.replace(header, **change)
+    with pytest.raises(CorruptError, match=message):
+        unpack(forged.to_bytes() + data[header.size :])
+
+
+def test_v2_no_read_is_sized_by_an_unchecked_field(v2_stream):
+    """A forged layer size is checked against the raw size of the packet's (checked) frame count before a read."""
+    _, _, header, _ = v2_stream
+    for field in (0x7FFF, 0xFFFF, 0x8001, 200):
+        handle = _LargestRead(struct.pack("<HHH", 0, 4, field) + bytes(70000))
+        with pytest.raises(CorruptError, match="layer 0"):
+            PacketReader(header, decode_codes=False).read(handle)
+        assert handle.largest <= 4, "only the packet's header and the layer's size were read"
+
+
+def test_packets_with_fewer_layers_decode_frame_by_frame(model, clip):
+    """A rate that changes from packet to packet (9 → 3 → 9 kbps, streaming encoder): each stretch away from a
+    switch equals the constant-rate decode within float rounding of the chunked decode, and no switch clicks:
+    the peak level near each switch stays within that of the two constant-rate decodes there."""
+    from esc_hf.codec.bitstream import ABSENT
+    from esc_hf.codec.streaming import ChunkPlan, EscStreamingDecoder, EscStreamingEncoder
+
+    audio = np.concatenate([sf.read(str(path), dtype="float32")[0] for path in SPEECH])  # 7.7 s
+
+    def stream(rates):
+        encoder = EscStreamingEncoder(model, kbps=9, chunk_frames=50, frames_per_packet=10)  # 1 s model calls
+        packets = []
+        for index, start in enumerate(range(0, audio.size, 3200)):  # 0.2 s: one packet of 10 frames per push
+            encoder.set_rate(kbps=rates(index))
+            packets += encoder.push(audio[start : start + 3200])
+        packets += encoder.flush()
+        decoder = EscStreamingDecoder(model, encoder.header, chunk_frames=50)
+        return encoder.header, packets, np.concatenate([decoder.push(p) for p in packets])
+
+    switching = lambda index: 3 if 12 <= index < 24 else 9  # noqa: E731
+    header, packets, mixed = stream(switching)
+    _, _, high = stream(lambda index: 9)
+    _, _, low = stream(lambda index: 3)
+    codes, _ = unpack(header + b"".join(packets), model)
+    assert (codes == ABSENT).any() and mixed.size == high.size == low.size == audio.size
+    plan = ChunkPlan.for_model(model, 50)
+    margin = 320 * (max(plan.decode_left, plan.decode_right) + 10)
+    reached = (codes[0, 2, 0] >= 0).numpy()  # the frames whose packets hold a third layer
+    switches = [int(np.flatnonzero(~reached)[0]) * 320, int(np.flatnonzero(~reached)[-1] + 1) * 320]
+    # one low stretch of whole packets (later than the pushes by the encoder's look-ahead)
+    assert (~reached).sum() * 320 == switches[1] - switches[0] and (~reached).sum() % 10 == 0
+    away_high = np.r_[0 : switches[0] - margin, switches[1] + margin : audio.size]
+    away_low = np.r_[switches[0] + margin : switches[1] - margin]
+    assert np.abs(mixed[away_high] - high[away_high]).max() <= 1e-6
+    assert np.abs(mixed[away_low] - low[away_low]).max() <= 1e-6
+    for at in switches:
+        near = slice(at - margin, at + margin)
+        assert np.abs(mixed[near]).max() <= 1.1 * max(np.abs(high[near]).max(), np.abs(low[near]).max())
+
+
+def _v2_decodes_or_says_why(data: bytes, model=None, entropy_model=None) -> bool:
+    """`_decodes_or_says_why` for version 2: codes in range, `ABSENT` only in trailing streams; and `truncate`
+    either raises a `BitstreamError` too or gives a stream that decodes to the leading streams' codes."""
+    from esc_hf.codec.bitstream import ABSENT, streams_per_frame, truncate
+
+    try:
+        codes, header = unpack(data, model, entropy_model)
+    except ValueError as error:
+        assert isinstance(error, BitstreamError) and str(error), repr(error)
+        decoded = False
+    else:
+        assert tuple(codes.shape) == (1, header.num_streams, header.group_size, header.num_frames)
+        assert int(codes.max()) < header.codebook_size and int(codes.min()) >= ABSENT
+        present = streams_per_frame(codes[0].numpy())
+        assert present.min() >= 1
+        stream = np.arange(header.num_streams)[:, None, None]
+        assert np.array_equal(codes[0].numpy() >= 0, np.broadcast_to(stream < present, codes[0].shape))
+        decoded = True
+    try:
+        low = truncate(data, 1)
+    except ValueError as error:
+        assert isinstance(error, BitstreamError) and str(error), repr(error)
+    else:
+        if decoded:
+            assert torch.equal(unpack(low, model, entropy_model)[0], codes[:, :1])
+    return decoded
+
+
+@FUZZ
+@given(edits=_EDITS)
+def test_fuzz_damaged_v2_bytes(model, tables, v2_stream, edits):
+    data = _damaged(v2_stream[0], edits)
+    _v2_decodes_or_says_why(data, None, v2_stream[3])
+    _v2_decodes_or_says_why(data, model)
+
+
+@st.composite
+def _forged_v2_streams(draw, header: EscHeader, coder=None) -> bytes:
+    """A v2 header with some fields changed and packets of any layers (sizes, flags, contents; with `coder`, also
+    layers it really coded, of any codes); every CRC right."""
+    fields = {}
+    for name in draw(st.sets(st.sampled_from(["num_streams", "frames_per_packet", "coder"]), max_size=1)):
+        fields[name] = draw(st.integers(0, 8))
+    forged = dataclasses.replace(header, **fields, num_samples=None, num_frames=None)
+    seed = forged.crc_seed
+    parts = [forged.to_bytes()]
+    packets = draw(st.integers(1, 3))
+    for sequence in range(packets):
+        frames = draw(st.one_of(st.just(4), st.integers(0, 6)))
+        final = sequence == packets - 1 if draw(st.integers(0, 3)) else draw(st.booleans())
+        head = struct.pack("<HH", sequence, frames | (0x8000 if final else 0))
+        head += struct.pack("<H", draw(st.integers(0, 700))) if final else b""
+        body, previous = [head], None
+        for layer in range(draw(st.one_of(st.integers(1, 2), st.integers(0, 7)))):
+            raw = draw(st.integers(0, 3)) > 0  # mostly bit-packed layers, mostly of the right size
+            size = math.ceil(frames * 30 / 8) if raw and draw(st.integers(0, 3)) else draw(st.integers(1, 20))
+            payload = draw(st.binary(min_size=size, max_size=size))
+            codes = np.array(draw(st.lists(st.integers(0, 1023), min_size=3 * frames, max_size=3 * frames)))
+            codes = codes.reshape(3, frames)
+            if coder is not None and 0 < frames and layer < 6 and draw(st.booleans()):
+                coded = coder.encode_layer(layer, codes, previous if previous is not None else codes)
+                raw, payload = False, coded
+                size = len(payload)
+            previous = codes
+            field = struct.pack("<H", size | (0x8000 if raw else 0))
+            crc = zlib.crc32(payload, zlib.crc32(head + bytes([layer]) + field, seed))
+            body += [field, payload, struct.pack("<I", crc)]
+        body.append(b"\x00\x00")
+        parts.append(b"".join(body))
+    return b"".join(parts)
+
+
+def test_fuzz_forged_v2_streams(model, tables, v2_stream):
+    header, coder = v2_stream[2], v2_stream[3]
+    decoded = []
+
+    @FUZZ
+    @given(data=_forged_v2_streams(header, coder))
+    def check(data):
+        decoded.append(_v2_decodes_or_says_why(data, None, coder))
+
+    check()
+    assert any(decoded), "the forged streams must also include valid ones"

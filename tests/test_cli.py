@@ -10,7 +10,7 @@ import torch
 from conftest import SPEECH
 
 from esc_hf import load_model
-from esc_hf.codec.bitstream import HEADER_SIZE, unpack
+from esc_hf.codec.bitstream import HEADER_SIZES, unpack
 from esc_hf.cli import main
 
 
@@ -152,11 +152,11 @@ def test_errors_are_one_line_with_nonzero_exit(tmp_path, capsys):
         (["encode", str(SPEECH[0]), "o.esc", "--kbps", "10"], "bandwidth 10.0 kbps is not supported"),
         (["roundtrip", str(SPEECH[0]), "o.mp9"], "unknown audio format 'MP9'"),
         (["decode", "missing.esc", "o.wav"], "no such file: missing.esc"),
-        (["decode", "flipped.esc", "o.wav"], "flipped.esc: packet 0 (code frame 0) is corrupt (CRC mismatch)"),
-        (["decode", "short.esc", "o.wav"], "short.esc: packet 4 (code frame 200) is cut off"),
-        (["decode", "header.esc", "o.wav"], "header.esc: the header is cut off after 20 of 48 bytes"),
+        (["decode", "flipped.esc", "o.wav"], "flipped.esc: packet 0 (code frame 0), layer 0 is corrupt (CRC mismatch)"),
+        (["decode", "short.esc", "o.wav"], "short.esc: packet 4 (code frame 200), layer 1 is cut off"),
+        (["decode", "header.esc", "o.wav"], "header.esc: the header is cut off after 20 of 57 bytes"),
         (["decode", "text.esc", "o.wav"], "text.esc: not an ESC bitstream"),
-        (["info", "flipped.esc"], "flipped.esc: packet 0 (code frame 0) is corrupt"),
+        (["info", "flipped.esc"], "flipped.esc: packet 0 (code frame 0), layer 0 is corrupt"),
         (["info", "missing.esc"], "no such file: missing.esc"),
         (["decode", "good.esc", "o.wav", "--model", "other_model"], "other codebooks"),
         (["decode", "good.esc", "o.wav", "--model", "no_such_model"], "cannot load model 'no_such_model'"),
@@ -183,19 +183,26 @@ def test_decode_with_the_wrong_default_model_says_what_to_do(tmp_path, capsys):
 
 
 def test_file_lengths_and_sizes(tmp_path):
-    """Every length comes back exactly, and the file size is the nominal bitrate plus the documented framing."""
+    """Every length comes back exactly in both formats; a v1 file is the nominal bitrate plus the documented
+    framing, and v2 (entropy coded with the packaged model's tables) is smaller on speech."""
     model = load_model(None)
     speech = sf.read(str(SPEECH[0]), dtype="float32")[0]
-    for length in (1, 239, 240, 241, 320, 16000):
+    for length in (1, 239, 240, 241, 320, 16000, 48000):
         sf.write(str(tmp_path / "in.wav"), speech[:length], 16000, subtype="FLOAT")
-        assert main(["encode", str(tmp_path / "in.wav"), str(tmp_path / "x.esc"), "--kbps", "1.5"]) == 0
-        assert main(["decode", str(tmp_path / "x.esc"), str(tmp_path / "x.wav")]) == 0
-        assert sf.info(str(tmp_path / "x.wav")).frames == length
+        sizes = {}
+        for form in ("v1", "v2"):
+            esc = tmp_path / f"{form}.esc"
+            assert main(["encode", str(tmp_path / "in.wav"), str(esc), "--kbps", "1.5", "--format", form]) == 0
+            assert main(["decode", str(esc), str(tmp_path / "x.wav")]) == 0
+            assert sf.info(str(tmp_path / "x.wav")).frames == length
+            sizes[form] = esc.stat().st_size
         frames = model.config.code_frames_for_samples(length)
         packets = -(-frames // 50)
-        assert (tmp_path / "x.esc").stat().st_size == HEADER_SIZE + packets * 8 + 2 + sum(
+        assert sizes["v1"] == HEADER_SIZES[1] + packets * 8 + 2 + sum(
             -(-min(50, frames - s) * 30 // 8) for s in range(0, frames, 50)
         )
+        if length >= 16000:  # 1 s or more: the tables pay for the v2 header's 9 more bytes
+            assert sizes["v2"] < 0.9 * sizes["v1"], sizes
 
 
 def test_output_that_is_the_input_is_refused(tmp_path, capsys):

@@ -7,7 +7,7 @@ import torch
 from conftest import SPEECH, get_fixture
 
 from esc_hf import EscConfig, EscModel
-from esc_hf.codec.bitstream import HEADER_SIZE, CorruptError, ModelMismatchError, TruncatedError, unpack
+from esc_hf.codec.bitstream import CorruptError, ModelMismatchError, TruncatedError, unpack
 from esc_hf.codec.streaming import (
     ChunkedDecoder,
     ChunkedEncoder,
@@ -155,7 +155,7 @@ def test_streaming_equals_file_path(tiny, speech, tmp_path):
         packets += encoder.push(speech[start : start + size])
         start += size
     packets += encoder.flush()
-    assert b"".join(packets) == data[HEADER_SIZE:], "the same packets, byte for byte"
+    assert b"".join(packets) == data[header.size :], "the same packets, byte for byte"
     codes, meta = unpack(encoder.header + b"".join(packets), tiny)  # a live stream's header has no length
     assert meta.num_samples == speech.size and torch.equal(codes, unpack(data)[0])
 
@@ -196,7 +196,7 @@ def test_streaming_errors(tiny, speech):
     with pytest.raises(CorruptError, match="packet 2 arrived where packet 1"):
         decoder.push(packets[2])  # packet 1 was lost
     with pytest.raises(CorruptError, match="CRC"):
-        decoder.push(packets[1][:-1] + bytes([packets[1][-1] ^ 4]))
+        decoder.push(packets[1][:7] + bytes([packets[1][7] ^ 4]) + packets[1][8:])  # in the first layer's codes
     with pytest.raises(TruncatedError, match="before its final packet"):
         decoder.flush()
     with pytest.raises(ValueError, match="finite"):

@@ -586,6 +586,14 @@ class EscFrameGrouping(nn.Module):
         return x.permute(0, 2, 3, 1)
 
 
+def _stream_weight(stream_weights: torch.Tensor, stream: int) -> torch.Tensor:
+    """Stream `stream`'s weight from `(streams,)` (one per stream) or `(B, streams, K)` (one per code frame), shaped
+    to multiply code vectors `(B, K, D)`."""
+    if stream_weights.dim() == 1:
+        return stream_weights[stream]
+    return stream_weights[:, stream, :, None]
+
+
 class EscProductVectorQuantizer(nn.Module):
     """One CS-RVQ stream: product VQ over `group_size` contiguous slices, each projected down to its codebook's
     dimension (`down_projs`), quantised, and projected back (`up_projs`). Its methods take and return a stream axis
@@ -610,10 +618,13 @@ class EscProductVectorQuantizer(nn.Module):
         ]
 
     def decode(self, codes: torch.LongTensor, stream_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Codes `(B, 1, G, K)` → feature map; a `stream_weights` `(1,)` of 0 drops the stream (see `EscModel`)."""
+        """Codes `(B, 1, G, K)` → feature map; `stream_weights` `(1,)` or `(B, 1, K)` of 0 drops the stream (in
+        those code frames), see `EscModel.decode_stft`."""
         parts = [proj(vq.decode(codes[:, 0, g])) for g, (proj, vq) in enumerate(zip(self.up_projs, self.vqs))]
-        decoded = self.grouping.from_vectors(torch.cat(parts, dim=-1))
-        return decoded if stream_weights is None else stream_weights[0] * decoded
+        vectors = torch.cat(parts, dim=-1)
+        if stream_weights is not None:
+            vectors = _stream_weight(stream_weights, 0) * vectors
+        return self.grouping.from_vectors(vectors)
 
     def forward(self, x: torch.Tensor, num_streams: int = 1, bypass: bool = False):
         """Quantised feature map, codes `(B, 1, G, K)`, commitment and codebook loss `(B,)` (means over groups).
@@ -659,11 +670,12 @@ class EscResidualVectorQuantizer(nn.Module):
         return torch.stack(codes, dim=1)
 
     def decode(self, codes: torch.LongTensor, stream_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Codes `(B, n, K)` → `(B, K, D_g)`; `stream_weights` `(n,)` of 0/1 drops streams (see `EscModel`)."""
+        """Codes `(B, n, K)` → `(B, K, D_g)`; `stream_weights` `(n,)` or `(B, n, K)` of 0/1 drops streams (in those
+        code frames), see `EscModel.decode_stft`."""
         z = 0.0
         for i in range(codes.shape[1]):
             q = self.vqs[i].decode(codes[:, i])
-            z = z + (q if stream_weights is None else stream_weights[i] * q)
+            z = z + (q if stream_weights is None else _stream_weight(stream_weights, i) * q)
         return self.proj_up(z)
 
     def forward(self, x: torch.Tensor, num_streams: int, bypass: bool):
@@ -976,6 +988,7 @@ class EscModel(EscPreTrainedModel):
         padding_mask: torch.Tensor | None = None,
         return_stft: bool = False,
         return_dict: bool | None = None,
+        streams_per_frame: torch.LongTensor | None = None,
     ) -> tuple | EscDecoderOutput:
         r"""
         Args:
@@ -986,33 +999,61 @@ class EscModel(EscPreTrainedModel):
                 it the output has all `320 * code_frames - 80` samples the codes describe.
             return_stft (`bool`, *optional*, defaults to `False`):
                 Also return the decoder's STFT `(batch_size, 2, num_frequency_bins, 4 * code_frames)`.
+            streams_per_frame (`torch.LongTensor` of shape `(batch_size, code_frames)`, *optional*):
+                A bitrate that changes over time: how many leading streams (1 … `num_streams`) each code frame uses.
+                The codes of the streams beyond are ignored; a frame decodes as if they were not there, so away
+                from a change of rate the audio is that of the constant-rate decode.
 
         Returns:
             [`EscDecoderOutput`] with `audio_values` `(batch_size, 1, sequence_length)`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         self._check_codes(audio_codes)
+        weights = None
+        if streams_per_frame is not None:
+            weights = self._stream_weights_per_frame(streams_per_frame, audio_codes)
+            audio_codes = audio_codes.masked_fill(weights[:, :, None] == 0, 0)  # ignored codes need not be valid
         with torch.no_grad():
-            stft = _at_least_float32(self.decode_stft(audio_codes.long()))
+            stft = _at_least_float32(self.decode_stft(audio_codes.long(), weights))
             audio = self._finish_audio(self._istft(stft), padding_mask, None)
         stft = stft if return_stft else None
         if not return_dict:
             return (audio, stft) if return_stft else (audio,)
         return EscDecoderOutput(audio, stft)
 
+    def _stream_weights_per_frame(self, streams_per_frame, audio_codes: torch.Tensor) -> torch.Tensor:
+        """`streams_per_frame` `(B, K)` → checked 0/1 weights `(B, streams, K)` for `decode_stft`."""
+        batch, streams, _, frames = audio_codes.shape
+        if (
+            not isinstance(streams_per_frame, torch.Tensor)
+            or streams_per_frame.is_floating_point()
+            or streams_per_frame.is_complex()
+            or tuple(streams_per_frame.shape) != (batch, frames)
+        ):
+            raise ValueError(
+                f"streams_per_frame must be an integer tensor of shape (batch, code_frames) = {(batch, frames)}"
+            )
+        if streams_per_frame.min() < 1 or streams_per_frame.max() > streams:
+            raise ValueError(f"streams_per_frame must lie in [1, {streams}] (the streams of audio_codes)")
+        stream = torch.arange(streams, device=audio_codes.device)
+        return (stream[None, :, None] < streams_per_frame.to(audio_codes.device)[:, None, :]).to(self.dtype)
+
     def decode_stft(self, audio_codes: torch.LongTensor, stream_weights: torch.Tensor | None = None) -> torch.Tensor:
         """The network of [`~EscModel.decode`]: `audio_codes` `(batch_size, streams, group_size, code_frames)` → the
         decoder's STFT `(batch_size, 2, num_frequency_bins, 4 * code_frames)`, without the checks and the inverse
-        STFT, so that it traces (`torch.compile`, ONNX export). `stream_weights` `(streams,)`, 1 for a stream to use
-        and 0 for one to drop, lets one traced graph take any number of streams: `1 * q` and `0 * q + x` are exact,
-        so the result is the same as passing only the used streams."""
+        STFT, so that it traces (`torch.compile`, ONNX export). `stream_weights`, 1 for a stream to use and 0 for
+        one to drop, either `(streams,)`, which lets one traced graph take any number of streams, or
+        `(batch_size, streams, code_frames)`, a bitrate that changes from frame to frame. `1 * q` and `0 * q + x`
+        are exact, so a frame's quantised features are the same as with only its used streams passed."""
         width = audio_codes.shape[-1] * self.config.overlap
         offsets = [0]
 
         def quantize(position, quantizer, streams, decoded):
             start = offsets[-1]
             offsets.append(start + streams)
-            weights = None if stream_weights is None else stream_weights[start : start + streams]
+            weights = None
+            if stream_weights is not None:  # streams are axis 0 of `(streams,)`, axis 1 of `(B, streams, K)`
+                weights = stream_weights.narrow(stream_weights.dim() // 2, start, streams)
             return quantizer.decode(audio_codes[:, start : start + streams], weights)
 
         return self._cross_scale(quantize, audio_codes.shape[1], width, self._formulation())

@@ -22,7 +22,17 @@ import torch
 from torch import nn
 
 from ..utils.atomic_files import atomic_file
-from .bitstream import HEADER_SIZE, EscHeader, PacketReader, PacketWriter, TruncatedError
+from .bitstream import (
+    DEFAULT_FRAMES_PER_PACKET,
+    MAX_HEADER_SIZE,
+    VERSION,
+    EscHeader,
+    PacketReader,
+    PacketWriter,
+    TruncatedError,
+    entropy_model_for,
+    streams_per_frame,
+)
 
 # 10 s chunks: memory stays bounded while the context around each chunk costs little extra compute (the figures:
 # docs/streaming.md, measured with benchmarks/bench_long_files.py).
@@ -241,6 +251,22 @@ class ChunkedEncoder:
         return codes
 
 
+def decode_codes(model, codes: np.ndarray) -> np.ndarray:
+    """float32 samples of codes `(streams, groups, frames)` in which `ABSENT` (-1) marks the streams a frame lacks
+    (a v2 packet with fewer layers): each frame decodes with the streams it has (`EscModel.decode`'s
+    `streams_per_frame`), exactly as a constant-rate decode where the rate does not change."""
+    present = streams_per_frame(codes)
+    lowest = int(present.min())
+    with torch.inference_mode():
+        if lowest == present.max():  # one rate: the plain decode of those streams
+            tensor = torch.from_numpy(np.ascontiguousarray(codes[:lowest]))[None].to(model.device)
+            out = model.decode(tensor)
+        else:
+            tensor = torch.from_numpy(np.maximum(codes, 0))[None].to(model.device)
+            out = model.decode(tensor, streams_per_frame=torch.from_numpy(present)[None])
+    return out.audio_values[0, 0].float().cpu().numpy()
+
+
 class ChunkedDecoder:
     """Feed codes in pieces of any size; get the samples whose codes are all in. `finish(num_samples)` returns the
     rest. The audio equals `model.decode` of all codes, cropped to `num_samples`."""
@@ -257,7 +283,8 @@ class ChunkedDecoder:
         self.finished = False
 
     def push(self, codes) -> np.ndarray:
-        """Add codes `(streams, groups, frames)`; returns float32 samples (possibly none)."""
+        """Add codes `(streams, groups, frames)` (`ABSENT` in the streams a frame lacks); returns float32 samples
+        (possibly none)."""
         if self.finished:
             raise ValueError("this decoder is finished; start a new one")
         codes = np.asarray(codes, dtype=np.int64)
@@ -292,9 +319,8 @@ class ChunkedDecoder:
     def _chunk(self, end_frame: int, last: bool) -> np.ndarray:
         start_frame = max(0, self.next_frame - self.plan.decode_left)
         stop_frame = min(self.num_frames, end_frame + self.plan.decode_right)
-        codes = torch.from_numpy(self._codes[..., start_frame - self._codes_start : stop_frame - self._codes_start])
-        with torch.inference_mode():
-            audio = self.model.decode(codes[None].to(self.model.device)).audio_values[0, 0].float().cpu().numpy()
+        codes = self._codes[..., start_frame - self._codes_start : stop_frame - self._codes_start]
+        audio = decode_codes(self.model, codes)
         begin = self.spf * (self.next_frame - start_frame)
         end = audio.size if last and end_frame == self.num_frames else self.spf * (end_frame - start_frame)
         self.next_frame = end_frame
@@ -311,7 +337,9 @@ class ChunkedDecoder:
 
 class EscStreamingEncoder:
     """Audio in, `.esc` packets out. Send `header` (bytes) first; every packet is self-checking (CRC, sequence
-    number), and `flush()` returns the final packet, which carries the exact length.
+    number), and `flush()` returns the final packet, which carries the exact length. `version` 2 (the default) is
+    layered, and entropy coded with `entropy_model`: by default the tables of the model's folder if it has them,
+    `False` for bit-packed layers. `set_rate` changes the rate from packet to packet.
 
     ```python
     encoder = EscStreamingEncoder(model, kbps=6)
@@ -331,16 +359,41 @@ class EscStreamingEncoder:
         num_streams: int | None = None,
         chunk_frames: int = STREAM_CHUNK_FRAMES,
         frames_per_packet: int | None = None,
+        version: int = VERSION,
+        entropy_model=None,
     ):
         if kbps is not None:
             num_streams = model.config.resolve_num_streams(num_streams, kbps)
+        self.model = model
         self.plan = ChunkPlan.for_model(model, chunk_frames)
         frames_per_packet = frames_per_packet or self.plan.chunk_frames
-        self.header_info = EscHeader.for_model(model, num_streams or model.config.num_streams, None, frames_per_packet)
+        if entropy_model is None and version >= 2:
+            from .entropy import load_entropy_model
+
+            entropy_model = load_entropy_model(model)
+        elif entropy_model is False:
+            entropy_model = None
+        self.header_info = EscHeader.for_model(
+            model, num_streams or model.config.num_streams, None, frames_per_packet, version, entropy_model
+        )
         self._encoder = ChunkedEncoder(model, self.header_info.num_streams, self.plan)
-        self._writer = PacketWriter(self.header_info)
+        self._writer = PacketWriter(self.header_info, entropy_model)
         self._pending = self._encoder._empty()
+        self._layers = self.header_info.num_streams
         self.num_samples = None  # known after flush
+
+    def set_rate(self, kbps: float | None = None, num_streams: int | None = None) -> None:
+        """Packets from now on hold `num_streams` layers (or `kbps` worth), at most the header's streams: a rate
+        that changes from packet to packet (version 2). Frames already pending go out at the new rate."""
+        if self.header_info.version < 2:
+            raise ValueError("a version 1 stream has one rate; use version 2 to change it")
+        streams = self.model.config.resolve_num_streams(num_streams, kbps)
+        if streams > self.header_info.num_streams:
+            raise ValueError(
+                f"{streams} streams is more than this stream's header allows ({self.header_info.num_streams}); "
+                "create the encoder with the highest rate it will use"
+            )
+        self._layers = streams
 
     @property
     def header(self) -> bytes:
@@ -366,12 +419,12 @@ class EscStreamingEncoder:
         size, packets = self.header_info.frames_per_packet, []
         # The encoder's look-ahead guarantees frames after every pushed chunk, so a full packet is never the last.
         while self._pending.shape[-1] > size or (self._pending.shape[-1] == size and not final):
-            packets.append(self._writer.packet(self._pending[..., :size]))
+            packets.append(self._writer.packet(self._pending[: self._layers, :, :size]))
             self._pending = self._pending[..., size:]
         if final:
             frames = self._encoder.next_frame
             drop = frames * self.header_info.samples_per_frame - self.num_samples
-            packets.append(self._writer.packet(self._pending, final=True, drop=drop))
+            packets.append(self._writer.packet(self._pending[: self._layers], final=True, drop=drop))
             self._pending = self._pending[..., :0]
         return packets
 
@@ -381,10 +434,11 @@ class EscStreamingDecoder:
     made the stream, each packet's CRC and order. `push(packet)` returns the samples now complete; after the final
     packet it returns all the rest, trimmed to the exact length."""
 
-    def __init__(self, model, header, chunk_frames: int = STREAM_CHUNK_FRAMES):
+    def __init__(self, model, header, chunk_frames: int = STREAM_CHUNK_FRAMES, entropy_model=None):
         self.header_info = header if isinstance(header, EscHeader) else EscHeader.from_bytes(header)
         self.header_info.check_model(model)
-        self._reader = PacketReader(self.header_info, model)
+        entropy_model = entropy_model_for(self.header_info, model, entropy_model)
+        self._reader = PacketReader(self.header_info, model, entropy_model)
         self._decoder = ChunkedDecoder(model, ChunkPlan.for_model(model, chunk_frames))
         self.num_samples = None  # known after the final packet
 
@@ -419,16 +473,20 @@ def encode_file(
     chunk_frames: int = FILE_CHUNK_FRAMES,
     frames_per_packet: int | None = None,
     progress=None,
+    version: int = VERSION,
+    entropy_model=None,
 ) -> EscHeader:
     """Writes the `.esc` file of the audio in `blocks` (an iterable of mono float32 arrays at the model's rate)
-    atomically, in memory that does not grow with the length. `progress(samples)` is called after each block."""
-    from .bitstream import DEFAULT_FRAMES_PER_PACKET
-
+    atomically, in memory that does not grow with the length. `progress(samples)` is called after each block.
+    Version 2 files are entropy coded with `entropy_model`, by default the one in the model's folder if it has one
+    (`False`: bit-packed layers)."""
     encoder = EscStreamingEncoder(
         model,
         num_streams=num_streams,
         chunk_frames=chunk_frames,
         frames_per_packet=frames_per_packet or DEFAULT_FRAMES_PER_PACKET,
+        version=version,
+        entropy_model=entropy_model,
     )
     with atomic_file(path) as handle:
         handle.write(encoder.header)  # rewritten with the length at the end
@@ -447,19 +505,23 @@ def encode_file(
 
 def read_header(path: str | Path) -> EscHeader:
     with open(path, "rb") as handle:
-        return EscHeader.from_bytes(handle.read(HEADER_SIZE))
+        return EscHeader.from_bytes(handle.read(MAX_HEADER_SIZE))
 
 
-def iter_packets(path: str | Path, header: EscHeader | None = None, model=None):
+def iter_packets(path: str | Path, header: EscHeader | None = None, model=None, decode_codes: bool = True):
     """The header, then every checked `Packet` of an `.esc` file, read one at a time. With `model`, the header
-    and the final packet's length are also checked against it (`EscHeader.check_model`)."""
+    and the final packet's length are also checked against it (`EscHeader.check_model`), and an entropy-coded
+    file is decoded with the model folder's entropy model. `decode_codes=False` checks packets without decoding
+    their codes (no model needed)."""
     with open(path, "rb") as handle:
-        found = EscHeader.from_bytes(handle.read(HEADER_SIZE))
+        found = EscHeader.from_bytes(handle.read(MAX_HEADER_SIZE))
+        handle.seek(found.size)
         used = found if header is None else header
         if model is not None:
             used.check_model(model)
         yield found
-        reader = PacketReader(used, model)
+        entropy_model = entropy_model_for(used, model) if decode_codes else None
+        reader = PacketReader(used, model, entropy_model, decode_codes)
         while (packet := reader.read(handle)) is not None:
             yield packet
 

@@ -76,8 +76,11 @@ class EscCodec(Codec):
     def __init__(self, model):
         # ESC's output is sample-aligned with its input by construction: searching a lag would only flatter an
         # untrained model by picking whichever shift correlates best.
+        from ..codec.entropy import load_entropy_model
+
         super().__init__("esc", list(model.config.target_bandwidths), delays=False)
         self.model = model
+        self.entropy_model = load_entropy_model(model)  # what `esc encode` uses: its files' sizes are the rate
 
     def code(self, audio, kbps, tmp):
         import torch
@@ -87,8 +90,10 @@ class EscCodec(Codec):
         num_streams = self.model.config.num_streams_for_bandwidth(kbps)
         with torch.inference_mode():
             codes = self.model.encode(torch.from_numpy(audio)[None, None], num_streams=num_streams).audio_codes
-            data = pack(codes, EscHeader.for_model(self.model, num_streams, audio.size))
-            decoded = self.model.decode(unpack(data, self.model)[0]).audio_values[0, 0, : audio.size]
+            header = EscHeader.for_model(self.model, num_streams, audio.size, entropy_model=self.entropy_model)
+            data = pack(codes, header, self.entropy_model)
+            codes = unpack(data, self.model, self.entropy_model)[0]
+            decoded = self.model.decode(codes).audio_values[0, 0, : audio.size]
         return decoded.numpy(), len(data)
 
 
