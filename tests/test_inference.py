@@ -76,6 +76,35 @@ def test_stream_weights_drop_streams_exactly():
                 assert torch.equal(m.decode_stft(junk, weights), m.decode_stft(c[:, :n]))
 
 
+@pytest.mark.parametrize("name", ["swin_rvq", "swin_csrvq"])
+def test_streams_per_frame_decodes_each_frame_with_its_streams(name):
+    """`decode(..., streams_per_frame=...)`: one rate everywhere is the plain decode of those streams, bit for bit,
+    whatever the ignored codes hold; the argument is checked."""
+    model = get_fixture(name).model()
+    codes = model.encode(get_fixture(name).inputs["waveform"]).audio_codes
+    batch, frames = codes.shape[0], codes.shape[-1]
+    for n in (1, 3, 6):
+        junk = codes.clone()
+        junk[:, n:] = -1  # absent: never looked at
+        out = model.decode(junk, streams_per_frame=torch.full((batch, frames), n)).audio_values
+        assert torch.equal(out, model.decode(codes[:, :n]).audio_values)
+    changing = torch.full((batch, frames), 6)
+    changing[:, frames // 2 :] = 2
+    mixed = model.decode(codes, streams_per_frame=changing).audio_values
+    # 21 frames are inside one receptive field: the change moves every sample (far from a change, nothing moves:
+    # test_bitstream.py::test_packets_with_fewer_layers_decode_frame_by_frame, on the packaged model)
+    assert not torch.equal(mixed, model.decode(codes).audio_values)
+    assert not torch.equal(mixed, model.decode(codes[:, :2]).audio_values)
+    for bad, message in [
+        (torch.full((batch, frames + 1), 2), "shape"),
+        (torch.full((batch, frames), 2.0), "integer tensor"),
+        (torch.full((batch, frames), 0), r"lie in \[1, 6\]"),
+        (torch.full((batch, frames), 7), r"lie in \[1, 6\]"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            model.decode(codes, streams_per_frame=bad)
+
+
 @pytest.mark.parametrize("name", ["swin_csrvq", "conv_rvq"])
 def test_bf16_backbone_is_opt_in_and_close(name):
     fixture = get_fixture(name)

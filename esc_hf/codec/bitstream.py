@@ -43,7 +43,6 @@ HEADER_SIZES = {
 }
 HEADER_SIZE = HEADER_SIZES[VERSION]
 MAX_HEADER_SIZE = max(HEADER_SIZES.values())
-_STREAMS_OFFSET = 11  # v2 packets' CRC seed leaves the stream count out, so that `truncate` may lower it
 # Packet: sequence number, frame count (top bit: final packet) [, samples to drop after the final packet's
 # frames], then v1: payload, CRC-32 seeded with the stream's parameters (so a packet from another stream fails);
 # v2: layers (size with the raw flag, payload, CRC-32), then a 0 size.

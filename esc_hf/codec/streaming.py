@@ -262,7 +262,7 @@ def decode_codes(model, codes: np.ndarray) -> np.ndarray:
             tensor = torch.from_numpy(np.ascontiguousarray(codes[:lowest]))[None].to(model.device)
             out = model.decode(tensor)
         else:
-            tensor = torch.from_numpy(np.maximum(codes, 0))[None].to(model.device)
+            tensor = torch.from_numpy(np.ascontiguousarray(codes))[None].to(model.device)
             out = model.decode(tensor, streams_per_frame=torch.from_numpy(present)[None])
     return out.audio_values[0, 0].float().cpu().numpy()
 

@@ -1001,18 +1001,18 @@ class EscModel(EscPreTrainedModel):
                 Also return the decoder's STFT `(batch_size, 2, num_frequency_bins, 4 * code_frames)`.
             streams_per_frame (`torch.LongTensor` of shape `(batch_size, code_frames)`, *optional*):
                 A bitrate that changes over time: how many leading streams (1 … `num_streams`) each code frame uses.
-                The codes of the streams beyond are ignored; a frame decodes as if they were not there, so away
-                from a change of rate the audio is that of the constant-rate decode.
+                The codes of the streams beyond are ignored (they may be anything, e.g. -1); a frame decodes as if
+                they were not there, so away from a change of rate the audio is that of the constant-rate decode.
 
         Returns:
             [`EscDecoderOutput`] with `audio_values` `(batch_size, 1, sequence_length)`.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        self._check_codes(audio_codes)
         weights = None
-        if streams_per_frame is not None:
+        if streams_per_frame is not None and isinstance(audio_codes, torch.Tensor) and audio_codes.dim() == 4:
             weights = self._stream_weights_per_frame(streams_per_frame, audio_codes)
-            audio_codes = audio_codes.masked_fill(weights[:, :, None] == 0, 0)  # ignored codes need not be valid
+            audio_codes = audio_codes.masked_fill(weights[:, :, None] == 0, 0)  # the ignored codes may be anything
+        self._check_codes(audio_codes)
         with torch.no_grad():
             stft = _at_least_float32(self.decode_stft(audio_codes.long(), weights))
             audio = self._finish_audio(self._istft(stft), padding_mask, None)
