@@ -168,7 +168,9 @@ def info(args) -> None:
     size = path.stat().st_size
     nominal = header.kbps * 1000 * header.duration / 8
     # The reader refuses empty streams; this line must not divide by zero even so.
-    overhead = "no audio" if nominal <= 0 else f"{(size - nominal) / nominal:+.2%} against the nominal {nominal:,.0f} bytes"
+    overhead = "no audio"
+    if nominal > 0:
+        overhead = f"{(size - nominal) / nominal:+.2%} against the nominal {nominal:,.0f} bytes"
     model = load_model(args.model)
     try:
         header.check_model(model)  # the fields as well as the fingerprints: a forged header keeps the fingerprints
@@ -215,26 +217,27 @@ def info(args) -> None:
 
 
 def truncate(args) -> None:
-    from .codec.bitstream import BitstreamError, EscHeader, streams_for_kbps
-    from .codec.bitstream import truncate as truncate_stream
+    from .codec.bitstream import MAX_HEADER_SIZE, BitstreamError, EscHeader, iter_truncated, streams_for_kbps
     from .utils.atomic_files import atomic_file
 
     _check_output(args)
     path = Path(args.input)
     if not path.is_file():
         raise OSError(f"no such file: {path}")
-    data = path.read_bytes()
     try:
-        header = EscHeader.from_bytes(data)
-        streams = streams_for_kbps(header, args.kbps)
-        if streams > header.num_streams:
-            raise ValueError(f"the file is {header.kbps:g} kbps; it cannot be raised to {args.kbps:g}")
-        out = truncate_stream(data, streams)
+        with open(path, "rb") as source:
+            header = EscHeader.from_bytes(source.read(MAX_HEADER_SIZE))
+            streams = streams_for_kbps(header, args.kbps)
+            if streams > header.num_streams:
+                raise ValueError(f"the file is {header.kbps:g} kbps; it cannot be raised to {args.kbps:g}")
+            source.seek(0)
+            with atomic_file(args.output) as handle:
+                for part in iter_truncated(source, streams):  # packet by packet: any length in bounded memory
+                    handle.write(part)
     except BitstreamError as error:
         raise type(error)(f"{path}: {error}") from None
-    with atomic_file(args.output) as handle:
-        handle.write(out)
-    print(f"{args.input} → {args.output}: {header.kbps:g} → {args.kbps:g} kbps, {len(data):,} → {len(out):,} bytes")
+    sizes = f"{path.stat().st_size:,} → {Path(args.output).stat().st_size:,} bytes"
+    print(f"{args.input} → {args.output}: {header.kbps:g} → {args.kbps:g} kbps, {sizes}")
 
 
 def roundtrip(args) -> None:

@@ -825,39 +825,58 @@ def streams_for_kbps(header: EscHeader, kbps: float) -> int:
 def truncate_packet(packet: bytes, header: EscHeader, num_streams: int) -> bytes:
     """A version 2 packet with only its first `num_streams` layers (all of them if it has fewer): the packet's
     bytes are checked (structure and every CRC) and copied; no model, no decoding. What a relay does."""
+    _check_truncation(header, num_streams)
+    packet = bytes(packet)
+    parsed = PacketReader(header, decode_codes=False)._split(packet)
+    sizes = [_LAYER.size + size + _CRC.size for _, size, _ in parsed.layers]
+    return _keep_layers(packet, parsed.final, sizes, num_streams)
+
+
+def _check_truncation(header: EscHeader, num_streams: int) -> None:
     if header.version < 2:
-        raise FormatError("a version 1 packet has no layers to drop; re-encode as version 2")
+        raise FormatError("a version 1 stream has no layers to drop; re-encode it as version 2 (esc encode)")
     if num_streams < 1:
         raise ValueError(f"num_streams must be at least 1, got {num_streams}")
+
+
+def _keep_layers(packet: bytes, final: bool, layer_sizes, num_streams: int) -> bytes:
+    """The packet's head and first `num_streams` layers (`layer_sizes`: bytes of each on the wire), then the end."""
+    end = _PACKET.size + (_DROP.size if final else 0) + sum(layer_sizes[:num_streams])
+    return packet[:end] + _LAYER.pack(0)
+
+
+class _Recording:
+    """A binary file object that keeps what was read from it since the last `take()`."""
+
+    def __init__(self, handle: BinaryIO):
+        self.handle, self.chunks = handle, []
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.chunks.append(data)
+        return data
+
+    def take(self) -> bytes:
+        data, self.chunks = b"".join(self.chunks), []
+        return data
+
+
+def iter_truncated(handle: BinaryIO, num_streams: int):
+    """`truncate` of the stream read from a binary file object, one part at a time (the header, then each packet),
+    in memory that does not grow with the stream's length."""
+    recording = _Recording(handle)
+    head = recording.read(len(MAGIC) + 1)
+    header = EscHeader.from_bytes(head + recording.read(EscHeader.size_from(head) - len(head)))
+    _check_truncation(header, num_streams)
+    recording.take()
+    yield replace(header, num_streams=min(num_streams, header.num_streams)).to_bytes()
     reader = PacketReader(header, decode_codes=False)
-    parsed = reader._split(bytes(packet))
-    return _keep_layers(bytes(packet), parsed, num_streams)
-
-
-def _keep_layers(data: bytes, parsed: _Parsed, num_streams: int) -> bytes:
-    kept = parsed.layers[:num_streams]
-    offset, size, _ = kept[-1]
-    return data[: offset + size + _CRC.size] + _LAYER.pack(0)
+    while (packet := reader.read(recording)) is not None:
+        yield _keep_layers(recording.take(), packet.final, packet.layer_sizes, num_streams)
 
 
 def truncate(data: bytes, num_streams: int) -> bytes:
     """A version 2 stream (a file's bytes) with every packet cut to its first `num_streams` layers, the header's
     stream count lowered to match: bytes copied after every check, no model, no decoding. Decoding the result
     gives exactly what encoding at the lower rate would have."""
-    data = bytes(data)
-    header = EscHeader.from_bytes(data)
-    if header.version < 2:
-        raise FormatError("a version 1 stream has no layers to drop; re-encode it as version 2 (esc encode)")
-    if num_streams < 1:
-        raise ValueError(f"num_streams must be at least 1, got {num_streams}")
-    handle = io.BytesIO(data)
-    handle.seek(header.size)
-    reader = PacketReader(header, decode_codes=False)
-    parts = [replace(header, num_streams=min(num_streams, header.num_streams)).to_bytes()]
-    while True:
-        start = handle.tell()
-        if reader.read(handle) is None:
-            break
-        packet = data[start : handle.tell()]
-        parts.append(_keep_layers(packet, reader._split(packet), num_streams))
-    return b"".join(parts)
+    return b"".join(iter_truncated(io.BytesIO(bytes(data)), num_streams))
