@@ -1,4 +1,6 @@
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -15,7 +17,15 @@ TINY_FIXTURES = ["swin_csrvq", "swin_rvq", "conv_csrvq", "conv_rvq"]
 ESC_BASE_FIXTURE = TESTS.parent.parent / "shared" / "reference" / "esc_base_random"
 SPEECH = sorted((TESTS / "data").glob("*.flac"))
 
-torch.set_num_threads(2)
+# The README's test command runs two pytest-xdist workers on a 2-core machine: then each takes one core.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
+
+
+def free_port() -> int:
+    """A TCP port free now, for a test's `accelerate launch` (two tests launching at once must not share one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 class Fixture:

@@ -475,12 +475,34 @@ def _forged_streams(draw, header: EscHeader) -> bytes:
     return b"".join(parts)
 
 
+@st.composite
+def _well_formed_streams(draw, header: EscHeader, codes: torch.Tensor, coder=None) -> bytes:
+    """A live stream (no length in the header) written by `PacketWriter` from real `codes` `(1, streams, groups,
+    frames)` with any of them changed (so that in v2 both entropy-coded and bit-packed layers occur), in packets of
+    any layer counts (v2); the fuzzing needs valid streams too, to reach the decoder's deeper paths."""
+    header = dataclasses.replace(header, num_samples=None, num_frames=None)
+    codes = codes[0].numpy().copy()
+    for _ in range(draw(st.integers(0, 8))):
+        codes[tuple(draw(st.integers(0, n - 1)) for n in codes.shape)] = draw(st.integers(0, header.codebook_size - 1))
+    writer = PacketWriter(header, coder)
+    step = header.frames_per_packet
+    packets = [codes[..., start : start + step] for start in range(0, codes.shape[-1], step)]
+    packets = packets[: draw(st.integers(1, len(packets)))]
+    data = [header.to_bytes()]
+    for index, frames in enumerate(packets):
+        layers = draw(st.integers(1, header.num_streams)) if header.version >= 2 else header.num_streams
+        final = index == len(packets) - 1
+        drop = draw(st.integers(0, frames.shape[-1] * header.samples_per_frame - 1)) if final else 0
+        data.append(writer.packet(frames[:layers], final=final, drop=drop))
+    return b"".join(data)
+
+
 def test_fuzz_forged_streams(model, small_stream):
     header = small_stream[2]
     decoded = []
 
     @FUZZ
-    @given(data=_forged_streams(header))
+    @given(data=st.one_of(_forged_streams(header), _well_formed_streams(header, small_stream[1])))
     def check(data):
         decoded.append([_decodes_or_says_why(data, with_model) for with_model in (None, model)])
 
@@ -759,7 +781,7 @@ def test_fuzz_forged_v2_streams(model, tables, v2_stream):
     decoded = []
 
     @FUZZ
-    @given(data=_forged_v2_streams(header, coder))
+    @given(data=st.one_of(_forged_v2_streams(header, coder), _well_formed_streams(header, v2_stream[1], coder)))
     def check(data):
         decoded.append(_v2_decodes_or_says_why(data, None, coder))
 

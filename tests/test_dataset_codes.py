@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import SPEECH, get_fixture
+from conftest import SPEECH, free_port, get_fixture
 from esc_hf import encode_batch
 from esc_hf.codec.tokens import codes_to_tokens
 
@@ -90,7 +90,8 @@ def run(*args, launch=False) -> subprocess.CompletedProcess:
     prefix = [sys.executable, SCRIPT]
     if launch:  # two processes; without a GPU Accelerate runs them on the CPU with gloo
         prefix = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", SCRIPT]  # fmt: skip
+                  "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+                  "--dynamo_backend", "no", SCRIPT]  # fmt: skip
     result = subprocess.run([*prefix, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result

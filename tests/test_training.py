@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import SPEECH
+from conftest import SPEECH, free_port
 from esc_hf.training.arguments import parse_arguments
 from esc_hf.training.trainer import EscTrainer, draw_num_streams
 
@@ -116,7 +116,8 @@ def test_two_processes_with_accelerate_launch(tmp_path, speech_dir):
     out = tmp_path / "ddp"
     # `--multi_gpu` starts torchrun; without a GPU, Accelerate runs the processes on the CPU with gloo.
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+               "--dynamo_backend", "no",
                str(ROOT / "examples" / "train.py"), "--config", TINY, "--data-dir", str(speech_dir),
                "--val-dir", str(speech_dir), "--output-dir", str(out), "--max-steps", "3", "--warm-start-steps", "1",
                "--max-val-clips", "1", "--max-val-seconds", "1", "--crop-seconds", "0.5", "--batch-size", "2"]  # fmt: skip
