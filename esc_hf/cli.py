@@ -1,4 +1,5 @@
-"""The `esc` command line (also `python -m esc_hf`): encode, decode, info, truncate, roundtrip, report.
+"""The `esc` command line (also `python -m esc_hf`): encode, decode, simulate-loss, info, truncate, roundtrip,
+report.
 
 Files of any length are processed in chunks (esc_hf.codec.streaming), so memory does not grow with their length.
 Every expected failure (missing or unreadable file, unsupported bitrate, corrupt `.esc`, wrong model, a full
@@ -12,6 +13,10 @@ import sys
 from pathlib import Path
 
 from .codec.loading import DEFAULT_MODEL, load_model  # noqa: F401 - DEFAULT_MODEL: old import path, kept for a release
+
+# Here rather than imported, so that `esc --help` stays instant (tests/test_cli.py checks they agree).
+CONCEAL_METHODS = ("silence", "repeat", "interpolate")
+DEFAULT_FRAMES_PER_PACKET = 50
 
 PROGRESS_SECONDS = 30.0  # files at least this long get a progress bar (on a terminal)
 
@@ -91,6 +96,7 @@ def encode(args) -> None:
             args.output,
             num_streams,
             chunk_frames=_chunk_frames(model, args),
+            frames_per_packet=args.frames_per_packet,
             version=int(args.format[1:]),
         )
     finally:
@@ -103,10 +109,10 @@ def encode(args) -> None:
     )
 
 
-def _decode_to(model, esc_path, sink, chunk_frames):
+def _decode_to(model, esc_path, sink, chunk_frames, conceal=None):
     from .codec.streaming import decode_file
 
-    blocks = decode_file(model, esc_path, chunk_frames)
+    blocks = decode_file(model, esc_path, chunk_frames, conceal)
     header = next(blocks)
     bar = _progress((header.duration or 0.0), "decoding")
     try:
@@ -135,13 +141,54 @@ def decode(args) -> None:
     model = load_model(args.model)
     with open_audio_sink(args.output, model.config.sampling_rate) as sink:
         try:
-            header = _decode_to(model, args.input, sink, _chunk_frames(model, args))
+            header = _decode_to(model, args.input, sink, _chunk_frames(model, args), args.conceal)
         except BitstreamError as error:
             hint = "; pass the model that encoded it with --model" if isinstance(error, ModelMismatchError) else ""
             raise type(error)(f"{args.input}: {error}{hint if not args.model else ''}") from None
     _note_clipping(sink)
     seconds = sink.samples / header.sample_rate
     print(f"{args.input} → {args.output}: {seconds:.2f} s at {header.kbps:g} kbps")
+
+
+def simulate_loss(args) -> None:
+    from .codec.audio_io import open_audio_sink
+    from .codec.bitstream import BitstreamError, iter_packet_bytes
+    from .codec.streaming import EscStreamingDecoder
+    from .eval.packet_loss import bernoulli_losses, gilbert_elliott_losses, parse_loss
+
+    path = Path(args.input)
+    if not path.is_file():
+        raise OSError(f"no such file: {path}")
+    _check_output(args)
+    rate = parse_loss(args.loss)
+    if args.burst is not None and not 1 <= args.burst <= 1000:
+        raise ValueError(f"--burst is a mean burst length of 1 to 1000 packets, got {args.burst:g}")
+    model = load_model(args.model)
+    try:
+        with open(path, "rb") as handle:
+            packets = iter_packet_bytes(handle)
+            header = next(packets)
+            if header.num_frames is None:
+                raise ValueError(f"{path} does not say its length (a live stream): esc simulate-loss needs a file")
+            count = -(-header.num_frames // header.frames_per_packet)
+            if args.burst is None:
+                lost = bernoulli_losses(count, rate, args.seed)
+            else:
+                lost = gilbert_elliott_losses(count, rate, args.burst, args.seed)
+            decoder = EscStreamingDecoder(model, header, _chunk_frames(model, args), conceal=args.conceal)
+            with open_audio_sink(args.output, model.config.sampling_rate) as sink:
+                for (_, data), gone in zip(packets, lost):
+                    if not gone:
+                        sink.write(decoder.push(data))
+                sink.write(decoder.flush())
+    except BitstreamError as error:
+        raise type(error)(f"{path}: {error}") from None
+    _note_clipping(sink)
+    ms = 1000 * header.frames_per_packet * header.samples_per_frame / header.sample_rate
+    print(
+        f"{args.input} → {args.output}: lost {int(lost.sum())} of {count} packets of {ms:g} ms "
+        f"({lost.mean():.1%}), concealed by {args.conceal}"
+    )
 
 
 def info(args) -> None:
@@ -330,15 +377,32 @@ def build_parser() -> argparse.ArgumentParser:
         f"Without --model, the packaged model is used ({DEFAULT_MODEL.resolve().name}).",
     )
     verbs = parser.add_subparsers(dest="verb", required=True,
-                                  metavar="{encode,decode,info,truncate,roundtrip,report}")  # fmt: skip
+                                  metavar="{encode,decode,simulate-loss,info,truncate,roundtrip,report}")  # fmt: skip
     enc = _add_verb(verbs, "encode", encode, "compress an audio file to an .esc file",
                     "Compress an audio file to an .esc bitstream (see docs/bitstream.md).",
                     AUDIO_IN_HELP, ".esc file to write", kbps=True)  # fmt: skip
     enc.add_argument("--format", choices=("v1", "v2"), default="v2",
                      help="bitstream version: v2 (default) is layered and entropy coded with the model folder's "
                           "tables; v1 is the older bit-packed format")  # fmt: skip
-    _add_verb(verbs, "decode", decode, "decompress an .esc file to audio",
-              "Decode an .esc file with the model that encoded it.", ".esc file", AUDIO_OUT_HELP)  # fmt: skip
+    enc.add_argument("--frames-per-packet", type=int, default=DEFAULT_FRAMES_PER_PACKET,
+                     help=f"code frames (20 ms each) per packet (default {DEFAULT_FRAMES_PER_PACKET}): smaller "
+                          "packets lose less audio each when lost, larger ones spend less on framing")  # fmt: skip
+    dec = _add_verb(verbs, "decode", decode, "decompress an .esc file to audio",
+                    "Decode an .esc file with the model that encoded it. A missing packet is an error unless "
+                    "--conceal names a method to fill it.", ".esc file", AUDIO_OUT_HELP)  # fmt: skip
+    dec.add_argument("--conceal", choices=CONCEAL_METHODS,
+                     help="fill missing packets: silence, repeat (the last codes, fading), or interpolate (the "
+                          "decoder's latents across the gap); default: a missing packet is an error")  # fmt: skip
+    sim = _add_verb(verbs, "simulate-loss", simulate_loss, "decode an .esc file as if packets had been lost",
+                    "Drop a seeded random share of an .esc file's packets (all but the final one) and decode the "
+                    "rest with packet-loss concealment, to hear it. Encode with --frames-per-packet 1 for the 20 ms "
+                    "packets of a call.", ".esc file", AUDIO_OUT_HELP)  # fmt: skip
+    sim.add_argument("--loss", required=True, help="share of packets lost, e.g. 10%% or 0.1")
+    sim.add_argument("--burst", type=float, help="mean burst length in packets: bursty (Gilbert–Elliott) loss "
+                                                  "instead of independent losses")  # fmt: skip
+    sim.add_argument("--seed", type=int, default=0, help="seed of the loss pattern (default 0)")
+    sim.add_argument("--conceal", choices=CONCEAL_METHODS, default="interpolate",
+                     help="concealment method (default: interpolate)")  # fmt: skip
     _add_verb(verbs, "info", info, "check an .esc file and describe it",
               "Read every packet of an .esc file, check it, and print what it holds.", ".esc file", None,
               chunks=False, model_help="model to check the file against (default: the packaged model)")  # fmt: skip

@@ -76,7 +76,7 @@ def test_encode_info_decode_end_to_end(tmp_path, capsys):
     assert np.array_equal(sf.read(str(tmp_path / "rt.wav"))[0], sf.read(str(wav))[0]), "roundtrip = encode + decode"
 
 
-@pytest.mark.parametrize("verb", ["encode", "decode", "info", "roundtrip", "report"])
+@pytest.mark.parametrize("verb", ["encode", "decode", "simulate-loss", "info", "roundtrip", "report"])
 def test_help_for_each_verb(verb, tmp_path, capsys):
     """Each verb's help describes every argument it accepts, and what it states is true: the bitrates, the default
     chunk length, the audio formats read and written, the report's codecs and defaults."""
@@ -99,7 +99,8 @@ def test_help_for_each_verb(verb, tmp_path, capsys):
     for action in parser._actions:
         if isinstance(action, argparse._HelpAction):
             continue
-        assert action.help and " ".join(action.help.split()) in text, f"esc {verb}: {action.dest} is not described"
+        shown = " ".join(action.help.replace("%%", "%").split())  # as argparse prints it
+        assert action.help and shown in text, f"esc {verb}: {action.dest} is not described"
         assert all(option in text for option in action.option_strings)
     options = {o for a in parser._actions for o in a.option_strings}
 
@@ -124,11 +125,48 @@ def test_help_for_each_verb(verb, tmp_path, capsys):
             with open_audio_sink(tmp_path / f"out{suffix}") as sink:
                 sink.write(np.zeros(1600, dtype=np.float32))
             assert sf.info(str(tmp_path / f"out{suffix}")).frames == 1600, suffix
+    if "--conceal" in options:  # the CLI names the methods without importing them (torch): the same ones
+        from esc_hf import cli
+        from esc_hf.codec.concealment import CONCEAL_METHODS
+
+        assert cli.CONCEAL_METHODS == CONCEAL_METHODS and "{silence,repeat,interpolate}" in text
+    if "--frames-per-packet" in options:
+        from esc_hf import cli
+        from esc_hf.codec.bitstream import DEFAULT_FRAMES_PER_PACKET
+
+        assert cli.DEFAULT_FRAMES_PER_PACKET == DEFAULT_FRAMES_PER_PACKET
     if verb == "report":
         assert f"(default: {','.join(f'{k:g}' for k in DEFAULT_KBPS)})" in text
         named = text.split("other codecs, comma-separated: ")[1].split(" (default: ")[0]
         assert set(named.split(", ")) == set(all_codecs())
         assert f"(default: {','.join(DEFAULT_CODECS)}; an empty string for none)" in text
+
+
+def test_missing_packets_decode_with_conceal_and_simulate_loss(tmp_path, capsys):
+    """A file that lost packets is an error for `esc decode`, and decodes to its full length with `--conceal`;
+    `esc simulate-loss` drops a seeded share of packets and says how many."""
+    from esc_hf.codec.bitstream import iter_packet_bytes
+
+    esc = tmp_path / "a.esc"
+    assert run_esc("encode", SPEECH[0], esc, "--kbps", "3", "--frames-per-packet", "1", cwd=tmp_path, capsys=capsys)[0] == 0
+    with open(esc, "rb") as handle:
+        parts = list(iter_packet_bytes(handle))
+    lossy = tmp_path / "lossy.esc"
+    lossy.write_bytes(parts[0].to_bytes() + b"".join(data for i, (_, data) in enumerate(parts[1:]) if i % 7 != 3))
+    code, _, err = run_esc("decode", lossy, tmp_path / "x.wav", cwd=tmp_path, capsys=capsys)
+    assert code == 1 and "was expected (a packet was lost" in err and not (tmp_path / "x.wav").exists()
+    code, _, _ = run_esc("decode", lossy, tmp_path / "x.wav", "--conceal", "repeat", cwd=tmp_path, capsys=capsys)
+    original = sf.read(str(SPEECH[0]))[0]
+    assert code == 0 and sf.read(str(tmp_path / "x.wav"))[0].shape == original.shape
+    code, out, _ = run_esc("simulate-loss", esc, tmp_path / "y.wav", "--loss", "20%", "--burst", "3", cwd=tmp_path,
+                           capsys=capsys)  # fmt: skip
+    count = len(parts) - 1
+    assert code == 0 and f"of {count} packets of 20 ms" in out and "concealed by interpolate" in out
+    assert sf.read(str(tmp_path / "y.wav"))[0].shape == original.shape
+    for bad, message in ((["--loss", "1.5"], "below 100 %"), (["--loss", "ten"], "a number"),
+                         (["--loss", "5%", "--burst", "0.5"], "--burst")):  # fmt: skip
+        code, _, err = run_esc("simulate-loss", esc, tmp_path / "z.wav", *bad, cwd=tmp_path, capsys=capsys)
+        assert code == 1 and message in err and not (tmp_path / "z.wav").exists()
 
 
 def test_errors_are_one_line_with_nonzero_exit(tmp_path, capsys):

@@ -105,6 +105,40 @@ def test_streams_per_frame_decodes_each_frame_with_its_streams(name):
             model.decode(codes, streams_per_frame=bad)
 
 
+@pytest.mark.parametrize("name", ["swin_rvq", "swin_csrvq", "conv_csrvq"])
+def test_blend_interpolates_the_quantised_latents(name):
+    """`decode(..., blend_codes=..., blend_weights=...)` (packet-loss concealment): weight 0 is the plain decode
+    and weight 1 the decode of the blend codes, bit for bit; halfway is neither; the arguments are checked."""
+    model = get_fixture(name).model()
+    codes = model.encode(get_fixture(name).inputs["waveform"]).audio_codes
+    other = torch.roll(codes, 3, dims=-1)
+    batch, frames = codes.shape[0], codes.shape[-1]
+    decode = model.decode
+    zero, one = torch.zeros(batch, frames), torch.ones(batch, frames)
+    assert torch.equal(decode(codes, blend_codes=other, blend_weights=zero).audio_values, decode(codes).audio_values)
+    assert torch.equal(decode(codes, blend_codes=other, blend_weights=one).audio_values, decode(other).audio_values)
+    stft = model.decode_stft
+    half = stft(codes, None, (other, torch.full((batch, frames), 0.5)))
+    assert not torch.equal(half, stft(codes)) and not torch.equal(half, stft(other))
+    streams = torch.full((batch, frames), 2)  # with a rate per frame, the blend codes' other streams are ignored
+    junk = other.clone()
+    junk[:, 2:] = -1
+    assert torch.equal(
+        decode(codes, streams_per_frame=streams, blend_codes=junk, blend_weights=one).audio_values,
+        decode(other[:, :2]).audio_values,
+    )
+    for blend_codes, weights, message in [
+        (other[..., 1:], zero, "shape of audio_codes"),
+        (other, zero[:, 1:], r"shape \(batch, code_frames\)"),
+        (other, zero.long(), "float tensor"),
+        (other, one * 2, r"\[0, 1\]"),
+        (None, zero, "shape of audio_codes"),
+        (other * 0 + 10**6, zero, "codes"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            decode(codes, blend_codes=blend_codes, blend_weights=weights)
+
+
 @pytest.mark.parametrize("name", ["swin_csrvq", "conv_rvq"])
 def test_bf16_backbone_is_opt_in_and_close(name):
     fixture = get_fixture(name)

@@ -989,6 +989,8 @@ class EscModel(EscPreTrainedModel):
         return_stft: bool = False,
         return_dict: bool | None = None,
         streams_per_frame: torch.LongTensor | None = None,
+        blend_codes: torch.LongTensor | None = None,
+        blend_weights: torch.Tensor | None = None,
     ) -> tuple | EscDecoderOutput:
         r"""
         Args:
@@ -1003,6 +1005,11 @@ class EscModel(EscPreTrainedModel):
                 A bitrate that changes over time: how many leading streams (1 … `num_streams`) each code frame uses.
                 The codes of the streams beyond are ignored (they may be anything, e.g. -1); a frame decodes as if
                 they were not there, so away from a change of rate the audio is that of the constant-rate decode.
+            blend_codes (`torch.LongTensor` of the shape of `audio_codes`, *optional*):
+                Latent interpolation (packet-loss concealment): with `blend_weights` `w`, code frame k's quantised
+                features at every stream are `(1 - w[k]) * features(audio_codes) + w[k] * features(blend_codes)`.
+            blend_weights (`torch.Tensor` of shape `(batch_size, code_frames)`, *optional*):
+                Weights in [0, 1] for `blend_codes`; a frame of weight 0 decodes exactly as without blending.
 
         Returns:
             [`EscDecoderOutput`] with `audio_values` `(batch_size, 1, sequence_length)`.
@@ -1013,8 +1020,11 @@ class EscModel(EscPreTrainedModel):
             weights = self._stream_weights_per_frame(streams_per_frame, audio_codes)
             audio_codes = audio_codes.masked_fill(weights[:, :, None] == 0, 0)  # the ignored codes may be anything
         self._check_codes(audio_codes)
+        blend = None
+        if blend_codes is not None or blend_weights is not None:
+            blend = self._checked_blend(audio_codes, blend_codes, blend_weights, weights)
         with torch.no_grad():
-            stft = _at_least_float32(self.decode_stft(audio_codes.long(), weights))
+            stft = _at_least_float32(self.decode_stft(audio_codes.long(), weights, blend))
             audio = self._finish_audio(self._istft(stft), padding_mask, None)
         stft = stft if return_stft else None
         if not return_dict:
@@ -1038,13 +1048,38 @@ class EscModel(EscPreTrainedModel):
         stream = torch.arange(streams, device=audio_codes.device)
         return (stream[None, :, None] < streams_per_frame.to(audio_codes.device)[:, None, :]).to(self.dtype)
 
-    def decode_stft(self, audio_codes: torch.LongTensor, stream_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def _checked_blend(self, audio_codes, blend_codes, blend_weights, stream_weights) -> tuple:
+        """`(blend_codes, blend_weights)` checked against `audio_codes`, ignored streams masked as in `audio_codes`."""
+        batch, _, _, frames = audio_codes.shape
+        if not isinstance(blend_codes, torch.Tensor) or blend_codes.shape != audio_codes.shape:
+            raise ValueError(f"blend_codes must be a tensor of the shape of audio_codes {tuple(audio_codes.shape)}")
+        if (
+            not isinstance(blend_weights, torch.Tensor)
+            or not blend_weights.is_floating_point()
+            or tuple(blend_weights.shape) != (batch, frames)
+        ):
+            raise ValueError(f"blend_weights must be a float tensor of shape (batch, code_frames) = {(batch, frames)}")
+        if not bool(((blend_weights >= 0) & (blend_weights <= 1)).all()):
+            raise ValueError("blend_weights must lie in [0, 1]")
+        if stream_weights is not None:
+            blend_codes = blend_codes.masked_fill(stream_weights[:, :, None] == 0, 0)
+        self._check_codes(blend_codes)
+        return blend_codes.long().to(audio_codes.device), blend_weights.to(audio_codes.device, self.dtype)
+
+    def decode_stft(
+        self,
+        audio_codes: torch.LongTensor,
+        stream_weights: torch.Tensor | None = None,
+        blend: tuple[torch.LongTensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The network of [`~EscModel.decode`]: `audio_codes` `(batch_size, streams, group_size, code_frames)` → the
         decoder's STFT `(batch_size, 2, num_frequency_bins, 4 * code_frames)`, without the checks and the inverse
         STFT, so that it traces (`torch.compile`, ONNX export). `stream_weights`, 1 for a stream to use and 0 for
         one to drop, either `(streams,)`, which lets one traced graph take any number of streams, or
         `(batch_size, streams, code_frames)`, a bitrate that changes from frame to frame. `1 * q` and `0 * q + x`
-        are exact, so a frame's quantised features are the same as with only its used streams passed."""
+        are exact, so a frame's quantised features are the same as with only its used streams passed. `blend`,
+        `(blend_codes, blend_weights (batch_size, code_frames))`, mixes in a second set of codes (see `decode`):
+        the features are linear in the code vectors, so the mix is taken of each position's features."""
         width = audio_codes.shape[-1] * self.config.overlap
         offsets = [0]
 
@@ -1054,7 +1089,13 @@ class EscModel(EscPreTrainedModel):
             weights = None
             if stream_weights is not None:  # streams are axis 0 of `(streams,)`, axis 1 of `(B, streams, K)`
                 weights = stream_weights.narrow(stream_weights.dim() // 2, start, streams)
-            return quantizer.decode(audio_codes[:, start : start + streams], weights)
+            features = quantizer.decode(audio_codes[:, start : start + streams], weights)
+            if blend is None:
+                return features
+            other = quantizer.decode(blend[0][:, start : start + streams], weights)
+            # Per-frame weights laid out as the features are: the grouping is a reshape of one vector per frame.
+            mix = quantizer.grouping.from_vectors(blend[1][:, :, None].expand(-1, -1, sum(quantizer.group_dims)))
+            return (1 - mix) * features + mix * other  # exact where the weight is 0: 1 * x + 0 * y
 
         return self._cross_scale(quantize, audio_codes.shape[1], width, self._formulation())
 

@@ -434,18 +434,18 @@ class EscHeader:
 # Bit packing
 
 
-def _pack_bits(values: np.ndarray, bits: int) -> bytes:
+def pack_bits(values: np.ndarray, bits: int) -> bytes:
     shifts = np.arange(bits - 1, -1, -1, dtype=np.uint32)
     planes = (values.astype(np.uint32)[:, None] >> shifts) & 1
     return np.packbits(planes.astype(np.uint8).reshape(-1)).tobytes()
 
 
-def _unpack_bits(data: bytes, count: int, bits: int) -> np.ndarray:
+def unpack_bits(data: bytes, count: int, bits: int) -> np.ndarray:
     planes = np.unpackbits(np.frombuffer(data, dtype=np.uint8), count=count * bits).reshape(count, bits)
     return planes.astype(np.int64) @ (np.int64(1) << np.arange(bits - 1, -1, -1, dtype=np.int64))
 
 
-def _as_code_array(codes, header: EscHeader, layers: bool = False) -> np.ndarray:
+def as_code_array(codes, header: EscHeader, layers: bool = False) -> np.ndarray:
     """Validates codes `(streams, groups, frames)` or `(1, streams, groups, frames)` → int64 numpy array. With
     `layers`, fewer streams than the header's are allowed (a v2 packet may hold fewer layers)."""
     if isinstance(codes, torch.Tensor):
@@ -503,7 +503,7 @@ class PacketWriter:
         """One packet of `codes` `(streams, groups, frames)`; the `final` one also says how many of the samples
         its frames decode to lie past the end of the audio (`drop`). In version 2, `codes` may hold fewer streams
         than the header (a lower rate for this packet): they are its layers."""
-        codes = _as_code_array(codes, self.header, layers=self.header.version >= 2)
+        codes = as_code_array(codes, self.header, layers=self.header.version >= 2)
         frames = codes.shape[-1]
         if not 1 <= frames <= self.header.frames_per_packet:
             raise ValueError(
@@ -518,11 +518,11 @@ class PacketWriter:
         self.sequence += 1
         bits = self.header.bits_per_code
         if self.header.version == 1:
-            body = head + _pack_bits(codes.transpose(2, 0, 1).reshape(-1), bits)
+            body = head + pack_bits(codes.transpose(2, 0, 1).reshape(-1), bits)
             return body + _CRC.pack(zlib.crc32(body, self._seed))
         parts = [head]
         for stream in range(codes.shape[0]):
-            payload, flag = _pack_bits(codes[stream].T.reshape(-1), bits), _RAW_LAYER
+            payload, flag = pack_bits(codes[stream].T.reshape(-1), bits), _RAW_LAYER
             if self.entropy_model is not None:
                 coarser = codes[stream - 1] if stream else None
                 coded = self.entropy_model.encode_layer(stream, codes[stream], coarser)
@@ -545,6 +545,7 @@ class Packet:
     frames: int = 0
     layer_sizes: tuple[int, ...] = ()  # v2: bytes of each layer on the wire (size, payload and CRC)
     layer_raw: tuple[bool, ...] = ()  # v2: whether each layer is bit-packed rather than entropy coded
+    lost_before: int = 0  # packets missing just before this one (a reader with `allow_gaps`)
 
     @property
     def layers(self) -> int:
@@ -565,13 +566,17 @@ class PacketReader:
     """Parses packets of one stream in order, checking each CRC, the numbering and the end of the stream. With
     `model`, the final packet's length is also checked against how `model` frames audio. An entropy-coded stream
     needs its `entropy_model` to decode codes; with `decode_codes=False` packets are only checked (their layers
-    are not decoded) and `Packet.codes` is None."""
+    are not decoded) and `Packet.codes` is None. With `allow_gaps`, packets may be missing (a sequence number that
+    jumps ahead): each missing one held `frames_per_packet` frames, as every packet but the final one does."""
 
-    def __init__(self, header: EscHeader, model=None, entropy_model=None, decode_codes: bool = True):
+    def __init__(
+        self, header: EscHeader, model=None, entropy_model=None, decode_codes: bool = True, allow_gaps: bool = False
+    ):
         header._check()  # packet sizes are computed from its fields
         if decode_codes:
             header.check_entropy_model(entropy_model)
         self.header = header
+        self.allow_gaps = allow_gaps
         self.model = model
         self.entropy_model = entropy_model
         self.decode_codes = decode_codes
@@ -700,6 +705,10 @@ class PacketReader:
             raise CorruptError(f"a packet arrived after the final packet ({len(data)} bytes)")
         data = bytes(data)
         parsed = self._split(data)
+        gap = (parsed.sequence - self.sequence) & 0xFFFF
+        if self.allow_gaps and 0 < gap < 0x8000:
+            self.sequence += gap
+            self.frames += gap * self.header.frames_per_packet
         if parsed.sequence != self.sequence & 0xFFFF:
             raise CorruptError(
                 f"packet {parsed.sequence} arrived where packet {self.sequence & 0xFFFF} was expected (a packet "
@@ -736,20 +745,21 @@ class PacketReader:
             self.num_samples = samples
         sizes = tuple(_LAYER.size + size + _CRC.size for _, size, _ in parsed.layers) if header.version >= 2 else ()
         raws = tuple(raw for _, _, raw in parsed.layers) if header.version >= 2 else ()
-        return Packet(parsed.sequence, codes, final, drop, len(data), frames, sizes, raws)
+        lost = gap if self.allow_gaps and 0 < gap < 0x8000 else 0
+        return Packet(parsed.sequence, codes, final, drop, len(data), frames, sizes, raws, lost)
 
     def _codes(self, data: bytes, parsed: _Parsed) -> np.ndarray:
         header, frames = self.header, parsed.frames
         if header.version == 1:
             offset, size, _ = parsed.layers[0]
             count = frames * header.num_streams * header.group_size
-            values = _unpack_bits(data[offset : offset + size], count, header.bits_per_code)
+            values = unpack_bits(data[offset : offset + size], count, header.bits_per_code)
             return values.reshape(frames, header.num_streams, header.group_size).transpose(1, 2, 0)
         codes = np.full((header.num_streams, header.group_size, frames), ABSENT, np.int64)
         for stream, (offset, size, raw) in enumerate(parsed.layers):
             payload = data[offset : offset + size]
             if raw:
-                values = _unpack_bits(payload, frames * header.group_size, header.bits_per_code)
+                values = unpack_bits(payload, frames * header.group_size, header.bits_per_code)
                 codes[stream] = values.reshape(frames, header.group_size).T
                 continue
             coarser = codes[stream - 1] if stream else None
@@ -770,7 +780,7 @@ def pack(codes, header: EscHeader, entropy_model=None) -> bytes:
     entropy-coded header needs the same `entropy_model` here."""
     if header.num_samples is None:
         raise ValueError("pack needs the number of samples in the header (EscHeader.for_model(..., num_samples=N))")
-    codes = _as_code_array(codes, header)
+    codes = as_code_array(codes, header)
     frames = codes.shape[-1]
     if frames != header.num_frames:
         raise ValueError(f"{header.num_samples} samples make {header.num_frames} code frames; got {frames}")
@@ -861,18 +871,29 @@ class _Recording:
         return data
 
 
-def iter_truncated(handle: BinaryIO, num_streams: int):
-    """`truncate` of the stream read from a binary file object, one part at a time (the header, then each packet),
-    in memory that does not grow with the stream's length."""
+def iter_packet_bytes(handle: BinaryIO, allow_gaps: bool = False):
+    """The header, then `(Packet, the packet's bytes)` for each packet of the stream read from a binary file
+    object, every one checked (its codes not decoded), in memory that does not grow with the stream's length.
+    `allow_gaps`: packets may be missing (see `PacketReader`)."""
     recording = _Recording(handle)
     head = recording.read(len(MAGIC) + 1)
     header = EscHeader.from_bytes(head + recording.read(EscHeader.size_from(head) - len(head)))
-    _check_truncation(header, num_streams)
     recording.take()
-    yield replace(header, num_streams=min(num_streams, header.num_streams)).to_bytes()
-    reader = PacketReader(header, decode_codes=False)
+    yield header
+    reader = PacketReader(header, decode_codes=False, allow_gaps=allow_gaps)
     while (packet := reader.read(recording)) is not None:
-        yield _keep_layers(recording.take(), packet.final, packet.layer_sizes, num_streams)
+        yield packet, recording.take()
+
+
+def iter_truncated(handle: BinaryIO, num_streams: int):
+    """`truncate` of the stream read from a binary file object, one part at a time (the header, then each packet),
+    in memory that does not grow with the stream's length."""
+    packets = iter_packet_bytes(handle)
+    header = next(packets)
+    _check_truncation(header, num_streams)
+    yield replace(header, num_streams=min(num_streams, header.num_streams)).to_bytes()
+    for packet, data in packets:
+        yield _keep_layers(data, packet.final, packet.layer_sizes, num_streams)
 
 
 def truncate(data: bytes, num_streams: int) -> bytes:

@@ -26,19 +26,26 @@ from .bitstream import (
     DEFAULT_FRAMES_PER_PACKET,
     MAX_HEADER_SIZE,
     VERSION,
+    CorruptError,
     EscHeader,
     PacketReader,
     PacketWriter,
     TruncatedError,
     entropy_model_for,
+    iter_packet_bytes,
     streams_per_frame,
 )
+from .concealment import LOST, ConcealedFrames, Concealment, conceal, lost_codes, lost_frames, sample_gains
+from .network import check_network_header, pack_network_packet, parse_network_packet
 
 # 10 s chunks: memory stays bounded while the context around each chunk costs little extra compute (the figures:
 # docs/streaming.md, measured with benchmarks/bench_long_files.py).
 FILE_CHUNK_FRAMES = 500
 # 0.2 s: the latency a stream adds on top of the model's look-ahead (see docs/streaming.md).
 STREAM_CHUNK_FRAMES = 10
+FRAMINGS = ("file", "network")  # `.esc` packets, or network packets (network.py)
+# A packet further ahead than this is refused rather than concealing everything before it.
+MAX_GAP_SECONDS = 10
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -251,45 +258,64 @@ class ChunkedEncoder:
         return codes
 
 
-def decode_codes(model, codes: np.ndarray) -> np.ndarray:
+def decode_codes(model, codes: np.ndarray, concealed: ConcealedFrames | None = None) -> np.ndarray:
     """float32 samples of codes `(streams, groups, frames)` in which `ABSENT` (-1) marks the streams a frame lacks
     (a v2 packet with fewer layers): each frame decodes with the streams it has (`EscModel.decode`'s
-    `streams_per_frame`), exactly as a constant-rate decode where the rate does not change."""
+    `streams_per_frame`), exactly as a constant-rate decode where the rate does not change. With `concealed`
+    (lost frames filled in, see `concealment.conceal`), its codes and blend are decoded instead; its gains are
+    the caller's to apply."""
+    blend = None
+    if concealed is not None:
+        codes, blend = concealed.codes, (concealed.blend_codes, concealed.blend)
     present = streams_per_frame(codes)
     lowest = int(present.min())
+    constant = lowest == present.max()  # one rate: the plain decode of those streams
+
+    def tensor(array):
+        return torch.from_numpy(np.ascontiguousarray(array[:lowest] if constant else array))[None].to(model.device)
+
+    options = {} if constant else {"streams_per_frame": torch.from_numpy(present)[None]}
+    if blend is not None:
+        options.update(blend_codes=tensor(blend[0]), blend_weights=torch.from_numpy(blend[1]).float()[None])
     with torch.inference_mode():
-        if lowest == present.max():  # one rate: the plain decode of those streams
-            tensor = torch.from_numpy(np.ascontiguousarray(codes[:lowest]))[None].to(model.device)
-            out = model.decode(tensor)
-        else:
-            tensor = torch.from_numpy(np.ascontiguousarray(codes))[None].to(model.device)
-            out = model.decode(tensor, streams_per_frame=torch.from_numpy(present)[None])
+        out = model.decode(tensor(codes), **options)
     return out.audio_values[0, 0].float().cpu().numpy()
 
 
 class ChunkedDecoder:
     """Feed codes in pieces of any size; get the samples whose codes are all in. `finish(num_samples)` returns the
-    rest. The audio equals `model.decode` of all codes, cropped to `num_samples`."""
+    rest. The audio equals `model.decode` of all codes, cropped to `num_samples`.
 
-    def __init__(self, model, plan: ChunkPlan | None = None):
+    With a `concealment`, frames may be `LOST` (all streams): each is concealed when its samples are due, with
+    what the decoder holds by then (see `concealment.py`); a chunk without lost frames decodes as without it."""
+
+    def __init__(self, model, plan: ChunkPlan | None = None, concealment: Concealment | None = None):
         self.model = model
         self.plan = plan or ChunkPlan.for_model(model)
         self.spf = model.config.samples_per_code_frame
+        self.concealment = concealment
         self._codes = None  # (streams, groups, frames) from frame _codes_start
         self._codes_start = 0
+        self._decided = None  # ConcealedFrames of frames _codes_start … next_frame - 1 (with a concealment)
+        self._previous, self._lost_before = None, 0  # the last frame received before next_frame, lost ones since
         self.num_frames = 0  # frames received
         self.next_frame = 0  # first code frame whose samples are not yet returned
         self.samples_out = 0
         self.finished = False
 
     def push(self, codes) -> np.ndarray:
-        """Add codes `(streams, groups, frames)` (`ABSENT` in the streams a frame lacks); returns float32 samples
-        (possibly none)."""
+        """Add codes `(streams, groups, frames)` (`ABSENT` in the streams a frame lacks, `LOST` in all streams of
+        a frame that never arrived); returns float32 samples (possibly none)."""
         if self.finished:
             raise ValueError("this decoder is finished; start a new one")
         codes = np.asarray(codes, dtype=np.int64)
         if self._codes is not None and codes.shape[:2] != self._codes.shape[:2]:
             raise ValueError(f"codes of shape {codes.shape} do not continue codes of shape {self._codes.shape}")
+        if (codes == LOST).any():
+            if self.concealment is None:
+                raise ValueError("the codes hold lost frames (LOST): decode them with a concealment method")
+            if not np.array_equal(codes == LOST, np.broadcast_to(lost_frames(codes), codes.shape)):
+                raise ValueError("a lost frame must be LOST in every stream")
         self._codes = codes if self._codes is None else np.concatenate([self._codes, codes], axis=-1)
         self.num_frames += codes.shape[-1]
         plan, out = self.plan, []
@@ -320,15 +346,53 @@ class ChunkedDecoder:
         start_frame = max(0, self.next_frame - self.plan.decode_left)
         stop_frame = min(self.num_frames, end_frame + self.plan.decode_right)
         codes = self._codes[..., start_frame - self._codes_start : stop_frame - self._codes_start]
-        audio = decode_codes(self.model, codes)
+        concealed = self._conceal(start_frame, end_frame) if self.concealment is not None else None
+        if concealed is not None and not lost_frames(codes).any():
+            concealed = None  # nothing lost in reach: the exact decode
+        if concealed is not None:
+            concealed = _frames(concealed, 0, stop_frame - start_frame)
+        audio = decode_codes(self.model, codes, concealed)
         begin = self.spf * (self.next_frame - start_frame)
         end = audio.size if last and end_frame == self.num_frames else self.spf * (end_frame - start_frame)
+        if concealed is not None:
+            audio[begin:end] *= sample_gains(concealed.gain, self.spf, begin, end)
         self.next_frame = end_frame
         self.samples_out += end - begin
         keep_from = max(0, self.next_frame - self.plan.decode_left)
         self._codes = self._codes[..., keep_from - self._codes_start :]
+        if self._decided is not None:
+            self._decided = _frames(self._decided, keep_from - self._codes_start, None)
         self._codes_start = keep_from
         return audio[begin:end]
+
+    def _conceal(self, start_frame: int, end_frame: int) -> ConcealedFrames:
+        """Concealment of frames `start_frame` … (all received): frames before `next_frame` as decided before, the
+        rest with what is in now; those before `end_frame` are decided for good."""
+        ahead = self._codes[..., self.next_frame - self._codes_start :]
+        new = conceal(ahead, self.concealment, self._previous, self._lost_before, self.plan.decode_right)
+        for frame in range(end_frame - self.next_frame):
+            if lost_frames(ahead[..., frame : frame + 1])[0]:
+                self._lost_before += 1
+            else:
+                self._previous, self._lost_before = ahead[..., frame], 0
+        decided = _frames(new, 0, end_frame - self.next_frame)
+        self._decided = decided if self._decided is None else _joined(self._decided, decided)
+        before = _frames(self._decided, start_frame - self._codes_start, self.next_frame - self._codes_start)
+        return _joined(before, new)
+
+
+def _frames(concealed: ConcealedFrames, start: int, stop: int | None) -> ConcealedFrames:
+    return ConcealedFrames(
+        concealed.codes[..., start:stop],
+        concealed.blend_codes[..., start:stop],
+        concealed.blend[start:stop],
+        concealed.gain[start:stop],
+    )
+
+
+def _joined(first: ConcealedFrames, second: ConcealedFrames) -> ConcealedFrames:
+    fields = ("codes", "blend_codes", "blend", "gain")
+    return ConcealedFrames(*(np.concatenate([getattr(first, f), getattr(second, f)], axis=-1) for f in fields))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -339,7 +403,9 @@ class EscStreamingEncoder:
     """Audio in, `.esc` packets out. Send `header` (bytes) first; every packet is self-checking (CRC, sequence
     number), and `flush()` returns the final packet, which carries the exact length. `version` 2 (the default) is
     layered, and entropy coded with `entropy_model`: by default the tables of the model's folder if it has them,
-    `False` for bit-packed layers. `set_rate` changes the rate from packet to packet.
+    `False` for bit-packed layers. `set_rate` changes the rate from packet to packet. `framing="network"` makes
+    packets for a network instead (`network.py`: 5 bytes of framing; bit-packed; `frames_per_packet` 1, 2 or 5
+    for 20, 40 or 100 ms, by default 1), and encodes in chunks as short as the packets.
 
     ```python
     encoder = EscStreamingEncoder(model, kbps=6)
@@ -357,15 +423,25 @@ class EscStreamingEncoder:
         model,
         kbps: float | None = None,
         num_streams: int | None = None,
-        chunk_frames: int = STREAM_CHUNK_FRAMES,
+        chunk_frames: int | None = None,
         frames_per_packet: int | None = None,
         version: int = VERSION,
         entropy_model=None,
+        framing: str = "file",
     ):
+        if framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
         if kbps is not None:
             num_streams = model.config.resolve_num_streams(num_streams, kbps)
         self.model = model
-        self.plan = ChunkPlan.for_model(model, chunk_frames)
+        self.framing = framing
+        if framing == "network":
+            if version < 2 or entropy_model not in (None, False):
+                raise ValueError("network packets carry version 2 streams of bit-packed layers (no entropy model)")
+            entropy_model, frames_per_packet = False, frames_per_packet or 1
+            # Chunks as short as the packets: a packet goes out as soon as its frames are encoded.
+            chunk_frames = chunk_frames or frames_per_packet
+        self.plan = ChunkPlan.for_model(model, chunk_frames or STREAM_CHUNK_FRAMES)
         frames_per_packet = frames_per_packet or self.plan.chunk_frames
         if entropy_model is None and version >= 2:
             from .entropy import load_entropy_model
@@ -376,8 +452,11 @@ class EscStreamingEncoder:
         self.header_info = EscHeader.for_model(
             model, num_streams or model.config.num_streams, None, frames_per_packet, version, entropy_model
         )
+        if framing == "network":
+            check_network_header(self.header_info)
         self._encoder = ChunkedEncoder(model, self.header_info.num_streams, self.plan)
         self._writer = PacketWriter(self.header_info, entropy_model)
+        self._sequence = 0
         self._pending = self._encoder._empty()
         self._layers = self.header_info.num_streams
         self.num_samples = None  # known after flush
@@ -419,46 +498,198 @@ class EscStreamingEncoder:
         size, packets = self.header_info.frames_per_packet, []
         # The encoder's look-ahead guarantees frames after every pushed chunk, so a full packet is never the last.
         while self._pending.shape[-1] > size or (self._pending.shape[-1] == size and not final):
-            packets.append(self._writer.packet(self._pending[: self._layers, :, :size]))
+            packets.append(self._packet(self._pending[: self._layers, :, :size]))
             self._pending = self._pending[..., size:]
         if final:
             frames = self._encoder.next_frame
             drop = frames * self.header_info.samples_per_frame - self.num_samples
-            packets.append(self._writer.packet(self._pending[: self._layers], final=True, drop=drop))
+            packets.append(self._packet(self._pending[: self._layers], final=True, drop=drop))
             self._pending = self._pending[..., :0]
         return packets
+
+    def _packet(self, codes: np.ndarray, final: bool = False, drop: int = 0) -> bytes:
+        if self.framing == "file":
+            return self._writer.packet(codes, final, drop)
+        self._sequence += 1
+        return pack_network_packet(self.header_info, self._sequence - 1, codes, final, drop)
 
 
 class EscStreamingDecoder:
     """`.esc` packets in, audio out. Give it the stream's header (bytes or `EscHeader`); it checks that `model`
-    made the stream, each packet's CRC and order. `push(packet)` returns the samples now complete; after the final
-    packet it returns all the rest, trimmed to the exact length."""
+    made the stream, and each packet's CRC. `push(packet)` returns the samples now complete; after the final
+    packet it returns all the rest, trimmed to the exact length.
 
-    def __init__(self, model, header, chunk_frames: int = STREAM_CHUNK_FRAMES, entropy_model=None):
+    File packets (`framing="file"`) must come in order, and a missing one is an error unless `conceal` names a
+    method (`concealment.CONCEAL_METHODS`), which then fills the gap. Network packets (`framing="network"`) may
+    come in any order within `reorder_window` packets (by default the decoder's look-ahead); `push_lost(sequence)`
+    (or `push(None)` for the next one missing) says that one never came, and one that has not come when packets
+    `reorder_window` further on have is taken as lost. Late and repeated packets are ignored and counted
+    (`late_packets`). Without loss the audio is the same with and without `conceal`."""
+
+    def __init__(
+        self,
+        model,
+        header,
+        chunk_frames: int = STREAM_CHUNK_FRAMES,
+        entropy_model=None,
+        framing: str = "file",
+        conceal: str | Concealment | None = None,
+        reorder_window: int | None = None,
+    ):
+        if framing not in FRAMINGS:
+            raise ValueError(f"framing must be one of {FRAMINGS}, got {framing!r}")
         self.header_info = header if isinstance(header, EscHeader) else EscHeader.from_bytes(header)
         self.header_info.check_model(model)
-        entropy_model = entropy_model_for(self.header_info, model, entropy_model)
-        self._reader = PacketReader(self.header_info, model, entropy_model)
-        self._decoder = ChunkedDecoder(model, ChunkPlan.for_model(model, chunk_frames))
+        self.framing = framing
+        self.concealment = Concealment(conceal) if isinstance(conceal, str) else conceal
+        plan = ChunkPlan.for_model(model, chunk_frames)
+        self._decoder = ChunkedDecoder(model, plan, self.concealment)
+        fpp = self.header_info.frames_per_packet
+        if framing == "network":
+            check_network_header(self.header_info)
+            self._reader = None
+        else:
+            entropy_model = entropy_model_for(self.header_info, model, entropy_model)
+            self._reader = PacketReader(
+                self.header_info, model, entropy_model, allow_gaps=self.concealment is not None
+            )
+        if reorder_window is None:
+            reorder_window = -(-plan.decode_right // fpp)
+        if isinstance(reorder_window, bool) or not isinstance(reorder_window, int) or reorder_window < 1:
+            raise ValueError(f"reorder_window must be a positive number of packets, got {reorder_window!r}")
+        self.reorder_window = reorder_window
+        self._next = 0  # the next packet (counted without wrapping) to decode
+        self._waiting = {}  # packets (None: lost) that came before `_next`'s
+        self._final = None  # the final packet's number, once known
+        self.late_packets = 0
+        self.lost_packets = 0
         self.num_samples = None  # known after the final packet
 
     @property
     def finished(self) -> bool:
-        return self._reader.finished
+        return self._decoder.finished
 
-    def push(self, packet: bytes) -> np.ndarray:
-        parsed = self._reader.parse(bytes(packet))
-        audio = self._decoder.push(parsed.codes)
-        if parsed.final:
-            self.num_samples = self._reader.num_samples
-            audio = np.concatenate([audio, self._decoder.finish(self.num_samples)])
-        return audio
+    def push(self, packet: bytes | None) -> np.ndarray:
+        """One packet's bytes (None: the next one missing is lost) → the samples now complete (possibly none)."""
+        if self.finished:
+            raise ValueError("this stream is finished (its final packet was decoded); start a new decoder")
+        if packet is None:
+            self._need_network("push(None)")
+            missing = self._next
+            while missing in self._waiting:
+                missing += 1
+            return self._mark_lost(missing)
+        if self.framing == "file":
+            return self._push_file_packet(packet)
+        parsed = parse_network_packet(packet, self.header_info)
+        number = self._unwrap(parsed.sequence)
+        if number is None or number in self._waiting:
+            self.late_packets += 1
+            return np.zeros(0, dtype=np.float32)
+        if not parsed.final and parsed.frames != self.header_info.frames_per_packet:
+            raise CorruptError(
+                f"network packet {parsed.sequence} holds {parsed.frames} code frames; every packet but the final "
+                f"one holds {self.header_info.frames_per_packet}"
+            )
+        self._waiting[number] = parsed
+        return self._drain()
+
+    def push_lost(self, sequence: int) -> np.ndarray:
+        """Packet `sequence` (as sent: 16 bits) will not come; returns the samples now complete."""
+        if isinstance(sequence, bool) or not isinstance(sequence, int) or not 0 <= sequence <= 0xFFFF:
+            raise ValueError(f"a sequence number is an integer from 0 to 65535, got {sequence!r}")
+        self._need_network("push_lost")
+        if self.finished:
+            raise ValueError("this stream is finished (its final packet was decoded); start a new decoder")
+        number = self._unwrap(sequence)
+        if number is None or number in self._waiting:
+            return np.zeros(0, dtype=np.float32)  # decoded or concealed already, or here
+        return self._mark_lost(number)
 
     def flush(self) -> np.ndarray:
-        """At the end of the stream: nothing more if the final packet came; else `TruncatedError`."""
-        if not self._reader.finished:
-            raise TruncatedError(f"the stream ended before its final packet (after {self._reader.frames} code frames)")
-        return np.zeros(0, dtype=np.float32)
+        """At the end of the stream: nothing more if the final packet came. Else, with `conceal`, the rest of what
+        came, its gaps concealed, up to the length the header gives (a file's) or to the last frame received;
+        without, `TruncatedError`."""
+        if self.finished:
+            return np.zeros(0, dtype=np.float32)
+        if self.concealment is None or self._decoder.num_frames + len(self._waiting) == 0:
+            raise TruncatedError(f"the stream ended before its final packet (after {self._decoder.num_frames} frames)")
+        audio = []
+        while self._waiting and not self.finished:
+            audio.append(self._mark_lost(self._next))
+        if not self.finished:
+            header = self.header_info
+            missing = (header.num_frames or 0) - self._decoder.num_frames
+            if missing > 0:
+                audio.append(self._decoder.push(lost_codes(header, missing)))
+            audio.append(self._decoder.finish(header.num_samples))
+        return np.concatenate(audio)
+
+    def _need_network(self, what: str) -> None:
+        if self.framing != "network":
+            raise ValueError(f"{what} is for network packets; a file's packets show their gaps in their numbers")
+
+    def _unwrap(self, sequence: int) -> int | None:
+        """The packet number of a 16-bit `sequence`: the nearest at or after the next one to decode; None if it
+        lies behind (late)."""
+        ahead = (sequence - self._next) & 0xFFFF
+        if ahead >= 0x8000 or (self._final is not None and self._next + ahead > self._final):
+            return None
+        if ahead > MAX_GAP_SECONDS * self.header_info.frame_rate / self.header_info.frames_per_packet:
+            raise CorruptError(
+                f"packet {sequence} is {ahead} packets ahead of the next one expected: more than {MAX_GAP_SECONDS} s"
+            )
+        return self._next + ahead
+
+    def _mark_lost(self, number: int) -> np.ndarray:
+        self._waiting.setdefault(number, None)
+        return self._drain()
+
+    def _drain(self) -> np.ndarray:
+        """Decodes the packets now in order; takes a packet as lost once packets `reorder_window` later came."""
+        out = []
+        while self._waiting and not self.finished:
+            if self._next not in self._waiting:
+                if max(self._waiting) - self._next < self.reorder_window:
+                    break
+                self._waiting[self._next] = None
+            packet = self._waiting.pop(self._next)
+            self._next += 1
+            out.append(self._decode(packet))
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    def _decode(self, packet) -> np.ndarray:
+        header = self.header_info
+        if packet is None:
+            self.lost_packets += 1
+            if self.concealment is None:
+                raise TruncatedError(
+                    f"packet {(self._next - 1) & 0xFFFF} was lost: decode with a concealment method (conceal=...)"
+                )
+            return self._decoder.push(lost_codes(header, header.frames_per_packet))
+        audio = self._decoder.push(packet.codes)
+        if not packet.final:
+            return audio
+        self._final = self._next - 1
+        frames = self._decoder.num_frames
+        samples = frames * header.samples_per_frame - packet.drop
+        if samples < 1 or samples <= (frames - 2) * header.samples_per_frame:
+            raise CorruptError(f"the final packet drops {packet.drop} samples, impossible for {frames} code frames")
+        self.num_samples = samples
+        return np.concatenate([audio, self._decoder.finish(samples)])
+
+    def _push_file_packet(self, packet: bytes) -> np.ndarray:
+        parsed = self._reader.parse(bytes(packet))
+        out = []
+        if parsed.lost_before:
+            self.lost_packets += parsed.lost_before
+            missing = parsed.lost_before * self.header_info.frames_per_packet
+            out.append(self._decoder.push(lost_codes(self.header_info, missing)))
+        out.append(self._decoder.push(parsed.codes))
+        if parsed.final:
+            self.num_samples = self._reader.num_samples
+            out.append(self._decoder.finish(self.num_samples))
+        return np.concatenate(out)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -508,11 +739,13 @@ def read_header(path: str | Path) -> EscHeader:
         return EscHeader.from_bytes(handle.read(MAX_HEADER_SIZE))
 
 
-def iter_packets(path: str | Path, header: EscHeader | None = None, model=None, decode_codes: bool = True):
+def iter_packets(
+    path: str | Path, header: EscHeader | None = None, model=None, decode_codes: bool = True, allow_gaps: bool = False
+):
     """The header, then every checked `Packet` of an `.esc` file, read one at a time. With `model`, the header
     and the final packet's length are also checked against it (`EscHeader.check_model`), and an entropy-coded
     file is decoded with the model folder's entropy model. `decode_codes=False` checks packets without decoding
-    their codes (no model needed)."""
+    their codes (no model needed). `allow_gaps`: packets may be missing (`Packet.lost_before`)."""
     with open(path, "rb") as handle:
         found = EscHeader.from_bytes(handle.read(MAX_HEADER_SIZE))
         handle.seek(found.size)
@@ -521,22 +754,32 @@ def iter_packets(path: str | Path, header: EscHeader | None = None, model=None, 
             used.check_model(model)
         yield found
         entropy_model = entropy_model_for(used, model) if decode_codes else None
-        reader = PacketReader(used, model, entropy_model, decode_codes)
+        reader = PacketReader(used, model, entropy_model, decode_codes, allow_gaps)
         while (packet := reader.read(handle)) is not None:
             yield packet
 
 
-def decode_file(model, path: str | Path, chunk_frames: int = FILE_CHUNK_FRAMES):
+def decode_file(
+    model, path: str | Path, chunk_frames: int = FILE_CHUNK_FRAMES, conceal: str | Concealment | None = None
+):
     """Yields the header, then blocks of decoded float32 samples of an `.esc` file, in bounded memory. Every
-    check of the stream happens before the samples that depend on it are yielded."""
-    packets = iter_packets(path, model=model)
-    header = next(packets)
-    yield header
-    decoder = ChunkedDecoder(model, ChunkPlan.for_model(model, chunk_frames))
-    for packet in packets:
-        audio = decoder.push(packet.codes)
-        if packet.final:
-            num_samples = decoder.num_frames * header.samples_per_frame - packet.drop
-            audio = np.concatenate([audio, decoder.finish(num_samples)])
-        if audio.size:
-            yield audio
+    check of the stream happens before the samples that depend on it are yielded. A missing packet (a gap in
+    the numbering, or a file that ends before its final packet) is an error unless `conceal` names a method
+    (`concealment.CONCEAL_METHODS`) to fill it with."""
+    with open(path, "rb") as handle:
+        packets = iter_packet_bytes(handle, allow_gaps=conceal is not None)
+        header = next(packets)
+        decoder = EscStreamingDecoder(model, header, chunk_frames, conceal=conceal)
+        yield header
+        while True:
+            try:
+                item = next(packets, None)
+            except TruncatedError:
+                if conceal is None:
+                    raise
+                item = None  # the end is missing: concealed up to the length the header gives
+            audio = decoder.flush() if item is None else decoder.push(item[1])
+            if audio.size:
+                yield audio
+            if item is None:
+                return
