@@ -23,7 +23,7 @@ from .bitstream import ABSENT, streams_per_frame
 
 LOST = -2  # a code frame that never arrived (all streams)
 CONCEAL_METHODS = ("silence", "repeat", "interpolate")
-# 200 ms: Opus's concealment, too, has faded to silence by then.
+# 200 ms, about a syllable: a longer gap is faded out rather than filled with a guess.
 DEFAULT_MAX_CONCEALED_FRAMES = 10
 
 
