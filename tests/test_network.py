@@ -160,6 +160,7 @@ def test_packets_in_any_order_within_the_window(tiny, speech):
     out = [decoder.push(packet) for packet in shuffled[:-window]]
     out += [decoder.push(packets[3]), decoder.push(packets[0])]  # late duplicates: ignored, counted
     out += [decoder.push(packet) for packet in shuffled[-window:]]
+    # Exact: the decoder puts the packets back in order, so it runs the very same chunks on the same codes.
     assert np.array_equal(np.concatenate([*out, decoder.flush()]), in_order)
     assert (decoder.late_packets, decoder.lost_packets) == (2, 0)
 
@@ -201,7 +202,7 @@ def test_loss_is_concealed_and_far_from_a_gap_nothing_changes(tiny, speech, meth
     reach = (plan.chunk_frames + plan.decode_left + plan.decode_right) * spf  # a chunk that sees no lost frame
     far = np.ones(audio.size, dtype=bool)
     far[gap.start * spf - reach : gap.stop * spf + reach] = False
-    assert np.array_equal(audio[far], clean[far])
+    assert np.array_equal(audio[far], clean[far])  # those chunks run the plain decode on the same codes
     assert not np.array_equal(audio, clean)
     if method == "silence":
         assert np.all(audio[(gap.start + 1) * spf : (gap.stop - 1) * spf] == 0)
