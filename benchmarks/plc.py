@@ -29,7 +29,9 @@ import numpy as np
 import torch
 
 from esc_hf.codec.audio_io import list_audio_files, load_audio
+from esc_hf.codec.bitstream import EscHeader
 from esc_hf.codec.concealment import CONCEAL_METHODS
+from esc_hf.codec.entropy import load_entropy_model
 from esc_hf.codec.loading import load_model
 from esc_hf.codec.network import NETWORK_OVERHEAD, network_packet_size
 from esc_hf.codec.streaming import ChunkPlan
@@ -68,8 +70,6 @@ def framing_table(model, files) -> list[dict]:
     """Network packet sizes, wire rates and latencies at 20, 40 and 100 ms; and, measured at 9 kbps on `files`,
     the payload that entropy coding each layer (the `.esc` file tables, plus a length byte per layer but the
     last) would take instead of bit-packing, as a ratio."""
-    from esc_hf.codec.entropy import load_entropy_model
-
     config = model.config
     tables = load_entropy_model(model)
     codes = []
@@ -101,8 +101,6 @@ def framing_table(model, files) -> list[dict]:
 
 
 def _header(model, streams: int, frames: int):
-    from esc_hf.codec.bitstream import EscHeader
-
     return EscHeader.for_model(model, streams, frames_per_packet=frames)
 
 

@@ -562,6 +562,18 @@ class _Parsed:
     layers: list  # v2: (offset, payload size, raw) per layer; v1: [(offset, payload size, True)]
 
 
+def final_length(frames: int, drop: int, samples_per_frame: int) -> int:
+    """The samples of a stream of `frames` code frames whose final packet drops `drop`: at least one (an empty
+    stream is refused), and less than 2 frames' worth dropped; `CorruptError` otherwise."""
+    samples = frames * samples_per_frame - drop
+    if samples < 1 or samples <= (frames - 2) * samples_per_frame:
+        raise CorruptError(
+            f"the final packet drops {drop} samples, impossible for {frames} code frames (it would leave {samples} "
+            "samples)"
+        )
+    return samples
+
+
 class PacketReader:
     """Parses packets of one stream in order, checking each CRC, the numbering and the end of the stream. With
     `model`, the final packet's length is also checked against how `model` frames audio. An entropy-coded stream
@@ -726,13 +738,7 @@ class PacketReader:
             )
         if final:
             self.finished = True
-            samples = self.frames * header.samples_per_frame - drop
-            # At least one sample (an empty stream is refused), and less than 2 frames' worth dropped.
-            if samples < 1 or samples <= (self.frames - 2) * header.samples_per_frame:
-                raise CorruptError(
-                    f"the final packet drops {drop} samples, impossible for {self.frames} code frames (it would "
-                    f"leave {samples} samples)"
-                )
+            samples = final_length(self.frames, drop, header.samples_per_frame)
             if header.num_samples is not None and samples != header.num_samples:
                 raise CorruptError(
                     f"the final packet gives {samples} samples but the header says {header.num_samples}"

@@ -25,7 +25,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .bitstream import ABSENT, RAW, CorruptError, EscHeader, TruncatedError, as_code_array, pack_bits, unpack_bits
+from .bitstream import (
+    ABSENT,
+    RAW,
+    CorruptError,
+    EscHeader,
+    TruncatedError,
+    as_code_array,
+    final_length,
+    pack_bits,
+    unpack_bits,
+)
 
 NETWORK_OVERHEAD = 5  # bytes of framing per packet (7 for the final one)
 MAX_NETWORK_FRAMES = 8  # frames (and layers) a packet can hold: 3 bits each
@@ -123,8 +133,7 @@ def network_packets(header: EscHeader, codes, num_samples: int) -> list[bytes]:
     codes = codes[0] if codes.ndim == 4 else codes
     frames, size = codes.shape[-1], header.frames_per_packet
     drop = frames * header.samples_per_frame - num_samples
-    if num_samples < 1 or not 0 <= drop < 2 * header.samples_per_frame:  # the reader's rule for the final packet
-        raise ValueError(f"{frames} code frames cannot hold {num_samples} samples")
+    final_length(frames, drop, header.samples_per_frame)  # the reader's rule, checked before writing
     starts = range(0, frames, size)
     return [
         pack_network_packet(

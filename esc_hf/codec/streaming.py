@@ -32,6 +32,7 @@ from .bitstream import (
     PacketWriter,
     TruncatedError,
     entropy_model_for,
+    final_length,
     iter_packet_bytes,
     streams_per_frame,
 )
@@ -671,10 +672,7 @@ class EscStreamingDecoder:
         if not packet.final:
             return audio
         self._final = self._next - 1
-        frames = self._decoder.num_frames
-        samples = frames * header.samples_per_frame - packet.drop
-        if samples < 1 or samples <= (frames - 2) * header.samples_per_frame:
-            raise CorruptError(f"the final packet drops {packet.drop} samples, impossible for {frames} code frames")
+        samples = final_length(self._decoder.num_frames, packet.drop, header.samples_per_frame)
         self.num_samples = samples
         return np.concatenate([audio, self._decoder.finish(samples)])
 
