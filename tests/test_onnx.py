@@ -1,11 +1,13 @@
-"""ONNX export (python -m esc_hf.export_onnx) and ONNX Runtime inference against PyTorch and the authors' outputs."""
+"""ONNX export (python -m esc_hf.export_onnx) and ONNX Runtime inference against the PyTorch model."""
 
 import json
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import get_fixture
+from esc_hf import EscConfig, EscModel
 from esc_hf.export_onnx import ExportError, export_onnx, main
 from esc_hf.codec.onnx_runtime import EscOnnxModel
 
@@ -13,13 +15,32 @@ from esc_hf.codec.onnx_runtime import EscOnnxModel
 pytest.importorskip("onnxruntime")  # the `test` extra installs it; a bare install without it skips here, not fails
 
 
+def _small_model():
+    """The `swin_csrvq` fixture's architecture cut to three scales (three streams, two Swin stages on each side,
+    shifted windows included): the exporter's cost grows with the number of blocks (symbolic shapes of every
+    node), and three scales exercise all it does (a stream at the bottleneck, one at an inner scale, one at the
+    outer) in a fifth of the time of six. The authors' outputs are matched by the PyTorch model
+    (tests/test_modeling.py); here the graphs are matched against that model."""
+    config = get_fixture("swin_csrvq").model().config.to_dict()
+    for key in ("model_type", "transformers_version"):
+        config.pop(key, None)
+    config.update(
+        hidden_dims=config["hidden_dims"][:3],
+        num_heads=config["num_heads"][:2],
+        codebook_dims=config["codebook_dims"][:3],
+        num_streams=3,
+    )
+    torch.manual_seed(0)
+    return EscModel(EscConfig(**config)).eval()
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The swin_csrvq fixture model, saved and exported through the command line (the slow step: once). Without the
-    exporter's optimiser, to keep the test short; the benchmark runs the optimised ESC-Base graphs and reports their
-    code agreement."""
+    """The small model, saved and exported through the command line (the slow step: once). Without the exporter's
+    optimiser, to keep the test short; the benchmark runs the optimised ESC-Base graphs and reports their code
+    agreement."""
     root = tmp_path_factory.mktemp("onnx")
-    model = get_fixture("swin_csrvq").model()
+    model = _small_model()
     model.save_pretrained(root / "model")
     assert main(["--model", str(root / "model"), "--output-dir", str(root / "onnx"), "--no-optimize"]) == 0
     return model, EscOnnxModel(root / "onnx", threads=2), root / "onnx"
@@ -29,23 +50,20 @@ def test_export_writes_both_graphs_and_metadata(exported):
     _, _, folder = exported
     assert {"encoder.onnx", "decoder.onnx", "esc_onnx.json", "config.json"} <= {p.name for p in folder.iterdir()}
     meta = json.loads((folder / "esc_onnx.json").read_text())
-    assert meta["encoder_num_streams"] == 6 and meta["frames_per_code"] == 4
+    assert meta["encoder_num_streams"] == 3 and meta["frames_per_code"] == 4
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")], "no temporary folder left behind"
 
 
 @pytest.mark.parametrize("key", ["waveform", "waveform_short"])
-def test_onnxruntime_matches_pytorch_and_authors(exported, key):
+def test_onnxruntime_matches_pytorch(exported, key):
     model, codec, _ = exported
-    fixture = get_fixture("swin_csrvq")
-    waveform = fixture.inputs[key]  # two lengths: one graph serves both (dynamic code_frames, odd and even)
-    for n in range(1, 7):
+    waveform = get_fixture("swin_csrvq").inputs[key]  # two lengths: one graph serves both (dynamic code_frames, odd and even)
+    for n in range(1, model.config.num_streams + 1):
         codes = codec.encode(waveform.numpy(), num_streams=n)
         expected = model.encode(waveform[:, None], num_streams=n).audio_codes
-        # Exact equality: the fixtures keep every codebook decision ≥ 2e-5 from a tie, far above the ~1e-7
-        # differences of ONNX Runtime's kernels.
+        # Exact equality: on these inputs every codebook decision of the small model is ≥ 1.2e-4 (squared
+        # distance) from a tie, far above the ~1e-7 differences of ONNX Runtime's kernels.
         assert np.array_equal(codes, expected.numpy()), f"codes differ at {n} streams"
-        if key == "waveform":
-            assert np.array_equal(codes, fixture.outputs[f"codes_{n}"].numpy())
         audio = codec.decode(codes, length=waveform.shape[-1])
         reference = model.decode(expected).audio_values[:, 0].numpy()
         assert audio.shape == reference.shape
@@ -56,12 +74,12 @@ def test_onnxruntime_batch_of_one_and_bad_input(exported):
     model, codec, _ = exported
     waveform = get_fixture("swin_csrvq").inputs["waveform"]
     codes = codec.encode(waveform[0].numpy())  # (length,) works, any length (padded like EscModel)
-    assert codes.shape[:2] == (1, 6)
+    assert codes.shape[:2] == (1, 3)
     odd = codec.encode(waveform[0, :5000].numpy(), num_streams=2)
     assert np.array_equal(odd, model.encode(waveform[:1, :5000], num_streams=2).audio_codes.numpy())
     assert codec.decode(odd, length=5000).shape == (1, 5000)
     with pytest.raises(ValueError, match="num_streams"):
-        codec.encode(waveform.numpy(), num_streams=7)
+        codec.encode(waveform.numpy(), num_streams=4)
     with pytest.raises(ValueError, match="shape"):
         codec.decode(codes[:, :, :2])
     with pytest.raises(ValueError, match="integers in"):
