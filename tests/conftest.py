@@ -7,6 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from esc_hf import EscConfig, EscModel
 from esc_hf.convert import load_authors_checkpoint
 
 
@@ -57,6 +58,25 @@ def get_fixture(name: str) -> Fixture:
 @pytest.fixture(params=TINY_FIXTURES)
 def tiny(request) -> Fixture:
     return get_fixture(request.param)
+
+
+def three_scale_model():
+    """The `swin_csrvq` fixture's architecture cut to three scales (three streams, two Swin stages on each side,
+    shifted windows included), seeded, eval mode. For tests of tracing (torch.export, torch.compile), whose cost
+    grows with the number of blocks: three scales exercise all the network does (a stream at the bottleneck, one
+    at an inner scale, one at the outer) in about half the time of six. The authors' outputs are matched by the
+    six-scale fixtures in tests/test_modeling.py; tracing tests match this model's eager outputs."""
+    config = get_fixture("swin_csrvq").model().config.to_dict()
+    for key in ("model_type", "transformers_version"):
+        config.pop(key, None)
+    config.update(
+        hidden_dims=config["hidden_dims"][:3],
+        num_heads=config["num_heads"][:2],
+        codebook_dims=config["codebook_dims"][:3],
+        num_streams=3,
+    )
+    torch.manual_seed(0)
+    return EscModel(EscConfig(**config)).eval()
 
 
 @pytest.fixture

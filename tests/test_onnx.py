@@ -4,10 +4,8 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import get_fixture
-from esc_hf import EscConfig, EscModel
+from conftest import get_fixture, three_scale_model
 from esc_hf.export_onnx import ExportError, export_onnx, main
 from esc_hf.codec.onnx_runtime import EscOnnxModel
 
@@ -15,32 +13,13 @@ from esc_hf.codec.onnx_runtime import EscOnnxModel
 pytest.importorskip("onnxruntime")  # the `test` extra installs it; a bare install without it skips here, not fails
 
 
-def _small_model():
-    """The `swin_csrvq` fixture's architecture cut to three scales (three streams, two Swin stages on each side,
-    shifted windows included): the exporter's cost grows with the number of blocks (symbolic shapes of every
-    node), and three scales exercise all it does (a stream at the bottleneck, one at an inner scale, one at the
-    outer) in a fifth of the time of six. The authors' outputs are matched by the PyTorch model
-    (tests/test_modeling.py); here the graphs are matched against that model."""
-    config = get_fixture("swin_csrvq").model().config.to_dict()
-    for key in ("model_type", "transformers_version"):
-        config.pop(key, None)
-    config.update(
-        hidden_dims=config["hidden_dims"][:3],
-        num_heads=config["num_heads"][:2],
-        codebook_dims=config["codebook_dims"][:3],
-        num_streams=3,
-    )
-    torch.manual_seed(0)
-    return EscModel(EscConfig(**config)).eval()
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The small model, saved and exported through the command line (the slow step: once). Without the exporter's
-    optimiser, to keep the test short; the benchmark runs the optimised ESC-Base graphs and reports their code
-    agreement."""
+    """The three-scale model, saved and exported through the command line (the slow step: once; the exporter's
+    cost grows with the number of blocks). Without the exporter's optimiser, to keep the test short; the benchmark
+    runs the optimised ESC-Base graphs and reports their code agreement."""
     root = tmp_path_factory.mktemp("onnx")
-    model = _small_model()
+    model = three_scale_model()
     model.save_pretrained(root / "model")
     assert main(["--model", str(root / "model"), "--output-dir", str(root / "onnx"), "--no-optimize"]) == 0
     return model, EscOnnxModel(root / "onnx", threads=2), root / "onnx"
@@ -61,7 +40,7 @@ def test_onnxruntime_matches_pytorch(exported, key):
     for n in range(1, model.config.num_streams + 1):
         codes = codec.encode(waveform.numpy(), num_streams=n)
         expected = model.encode(waveform[:, None], num_streams=n).audio_codes
-        # Exact equality: on these inputs every codebook decision of the small model is ≥ 1.2e-4 (squared
+        # Exact equality: on these inputs every codebook decision of the three-scale model is ≥ 1.2e-4 (squared
         # distance) from a tie, far above the ~1e-7 differences of ONNX Runtime's kernels.
         assert np.array_equal(codes, expected.numpy()), f"codes differ at {n} streams"
         audio = codec.decode(codes, length=waveform.shape[-1])
