@@ -36,7 +36,8 @@ def test_export_writes_both_graphs_and_metadata(exported):
 @pytest.mark.parametrize("key", ["waveform", "waveform_short"])
 def test_onnxruntime_matches_pytorch(exported, key):
     model, codec, _ = exported
-    waveform = get_fixture("swin_csrvq").inputs[key]  # two lengths: one graph serves both (dynamic code_frames, odd and even)
+    # Two lengths: one graph serves both (dynamic code_frames, odd and even).
+    waveform = get_fixture("swin_csrvq").inputs[key]
     for n in range(1, model.config.num_streams + 1):
         codes = codec.encode(waveform.numpy(), num_streams=n)
         expected = model.encode(waveform[:, None], num_streams=n).audio_codes

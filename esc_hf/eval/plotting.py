@@ -78,3 +78,30 @@ def plot_val_curve(history: list[dict], path: str | Path, warm_start_steps: int)
         axis.grid(alpha=0.3)
     fig.tight_layout()
     _save(fig, path)
+
+
+RUN_METRICS = ("pesq", "mel_distance", "si_sdr", "utilization")
+
+
+def plot_runs(histories: dict[str, list[dict]], path: str | Path, metrics: tuple[str, ...] = RUN_METRICS,
+              title: str = "") -> None:  # fmt: skip
+    """Several training runs' validation curves on shared axes: one panel per metric, one line per name in
+    `histories` (rows of `eval_history.csv`; the warm start's unquantized rows are left out), against the step.
+    Runs compared this way should share their evaluation clips and bitrate."""
+    plt = _pyplot()
+    labels = {**LABELS, "utilization": "codes used, share ↑"}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6), squeeze=False)
+    axes = axes[0]
+    for axis, metric in zip(axes, metrics):
+        for name, rows in histories.items():
+            points = [(r["step"], r[metric]) for r in rows if r["streams"] != 0 and metric in r]
+            if points:
+                axis.plot(*zip(*points), marker="o", label=name)
+        axis.set_xlabel("step")
+        axis.set_title(labels.get(metric, metric))
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    _save(fig, path)

@@ -91,6 +91,24 @@ def format_codebook_health(row: dict, codebook_size: int) -> str:
     return "\n".join(lines)
 
 
+def read_history(path: str | Path) -> list[dict]:
+    """The rows of a run's `eval_history.csv` (as the trainer writes it), numbers as floats, `step` and `streams` as
+    ints; an empty cell (a column that row lacks) is NaN. `ValueError` naming the file if it is not such a table."""
+    path = Path(path)
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+        rows = [{k: float(v or "nan") for k, v in row.items()} for row in rows]
+        for row in rows:
+            if not (row["step"].is_integer() and row["streams"].is_integer()):
+                raise ValueError(f"step and streams must be whole numbers, got {row['step']} and {row['streams']}")
+        return [{**row, "step": int(row["step"]), "streams": int(row["streams"])} for row in rows]
+    except FileNotFoundError:
+        raise ValueError(f"no evaluation history: {path} does not exist") from None
+    except (KeyError, TypeError, ValueError, UnicodeDecodeError, csv.Error) as error:
+        raise ValueError(f"{path} is not an evaluation history (step, streams and numbers): {error}") from None
+
+
 def write_csv(rows: list[dict], path: str | Path, extra: dict | None = None) -> None:
     rows = [{**(extra or {}), **row} for row in rows]
     text = io.StringIO()

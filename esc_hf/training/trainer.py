@@ -14,7 +14,6 @@ the step, so a resumed run repeats an uninterrupted one step for step.
 """
 
 import contextlib
-import csv
 import json
 import logging
 import math
@@ -47,7 +46,14 @@ from .data import (
     valid_crop_length,
 )
 from .discriminator import Discriminator, discriminator_loss, feature_matching_loss, generator_adversarial_loss
-from .evaluation import evaluate_codec, evaluate_unquantized, format_codebook_health, format_table, write_csv
+from .evaluation import (
+    evaluate_codec,
+    evaluate_unquantized,
+    format_codebook_health,
+    format_table,
+    read_history,
+    write_csv,
+)
 from .losses import EscLoss
 from .revival import DeadCodeReviver
 
@@ -219,12 +225,7 @@ class EscTrainer:
 
     def _read_history(self) -> list[dict]:
         path = self.args.output_path / "eval_history.csv"
-        if not path.exists():
-            return []
-        with path.open() as handle:
-            rows = [{k: float(v or "nan") for k, v in row.items()} for row in csv.DictReader(handle)]
-        return [{**row, "step": int(row["step"]), "streams": int(row["streams"])} for row in rows
-                if row["step"] <= self.step]  # fmt: skip
+        return [row for row in read_history(path) if row["step"] <= self.step] if path.exists() else []
 
     def _resume(self):
         latest = self.latest_checkpoint()
