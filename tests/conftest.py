@@ -1,6 +1,8 @@
+import importlib.util
 import json
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,33 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def run_script(path: Path, *args, capsys, cwd: Path | None = None) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of `python PATH ARGS` (in `cwd`), run in this process: the script's own
+    `main()` under its own `sys.argv`, without the seconds a new process spends importing torch and transformers.
+    Tests of what only a fresh process shows (a console entry point, rlimits, output at exit, several processes)
+    start one; the others use this. Torch's thread count and the environment, which a script may set, are
+    restored afterwards."""
+    threads, environment = torch.get_num_threads(), dict(os.environ)
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", [str(path), *map(str, args)])
+        patch.setattr(sys, "path", list(sys.path))  # a benchmark puts its own folder first
+        if cwd is not None:
+            patch.chdir(cwd)
+        try:
+            spec = importlib.util.spec_from_file_location(f"script_{Path(path).stem}", path)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            code = module.main()
+        except SystemExit as exit_:  # argparse's errors and --help
+            code = exit_.code
+        finally:
+            torch.set_num_threads(threads)
+            os.environ.clear()
+            os.environ.update(environment)
+    return (0 if code is None else code), *capsys.readouterr()
 
 
 class Fixture:

@@ -1,12 +1,11 @@
 """The bf16 quality benchmark on the packaged trained model and the two real test clips."""
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import run_script
 
 from esc_hf import DEFAULT_MODEL, EscModel
 from esc_hf.codec.audio_io import load_audio
@@ -16,10 +15,10 @@ BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_bf16_quality.py"
 CLIPS = Path(__file__).parent / "data"
 
 
-def test_scores_both_paths_and_the_float32_one_matches_the_model(tmp_path):
-    result = subprocess.run([sys.executable, str(BENCH), "--clips", str(CLIPS), "--kbps", "9", "--max-seconds", "2",
-                             "--threads", "1", "--csv", str(tmp_path / "q.csv")], capture_output=True, text=True)  # fmt: skip
-    assert result.returncode == 0, result.stderr
+def test_scores_both_paths_and_the_float32_one_matches_the_model(tmp_path, capsys):
+    code, out, err = run_script(BENCH, "--clips", CLIPS, "--kbps", 9, "--max-seconds", 2, "--threads", 1, "--csv",
+                                tmp_path / "q.csv", capsys=capsys)  # fmt: skip
+    assert code == 0, err
     with (tmp_path / "q.csv").open() as handle:
         (row,) = list(csv.DictReader(handle))
     assert float(row["kbps"]) == 9 and row["clips"] == "2"
@@ -34,10 +33,9 @@ def test_scores_both_paths_and_the_float32_one_matches_the_model(tmp_path):
             pesq.append(pesq_wb(audio, model.decode(codes).audio_values[0, 0, : audio.size].numpy()))
     assert abs(float(row["pesq_fp32"]) - np.mean(pesq)) < 1e-6
     assert abs(float(row["pesq_bf16"]) - float(row["pesq_fp32"])) < 0.5
-    assert "codes = fp32" in result.stdout
+    assert "codes = fp32" in out
 
 
-def test_a_rate_the_model_lacks_is_refused():
-    result = subprocess.run([sys.executable, str(BENCH), "--clips", str(CLIPS), "--kbps", "7"], capture_output=True,
-                            text=True)  # fmt: skip
-    assert result.returncode == 2 and "--kbps 7" in result.stderr
+def test_a_rate_the_model_lacks_is_refused(capsys):
+    code, _, err = run_script(BENCH, "--clips", CLIPS, "--kbps", 7, capsys=capsys)
+    assert code == 2 and "--kbps 7" in err

@@ -7,17 +7,16 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_script
 
 BENCH = Path(__file__).parents[1] / "benchmarks" / "bench_codec.py"
 
 
-def bench(*args, cwd):
-    return subprocess.run([sys.executable, str(BENCH), *args], capture_output=True, text=True, cwd=cwd)
-
-
 def test_batched_run_writes_every_measurement(tmp_path):
-    result = bench("--impls", "esc_hf", "--seconds", "1", "--repeats", "1", "--rounds", "1", "--threads", "1",
-                   "--batch-sizes", "2", "--precisions", "fp32", "--csv", "bench.csv", cwd=tmp_path)  # fmt: skip
+    # A process of its own: the benchmark measures in processes it spawns, which import it as `__main__`.
+    result = subprocess.run([sys.executable, str(BENCH), "--impls", "esc_hf", "--seconds", "1", "--repeats", "1",
+                             "--rounds", "1", "--threads", "1", "--batch-sizes", "2", "--precisions", "fp32", "--csv",
+                             "bench.csv"], capture_output=True, text=True, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     with (tmp_path / "bench.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -33,11 +32,11 @@ def test_batched_run_writes_every_measurement(tmp_path):
     assert gflop["encode", 9.0] > 1.5 * gflop["encode", 1.5] > 0
 
 
-def test_bad_settings_are_refused(tmp_path):
+def test_bad_settings_are_refused(tmp_path, capsys):
     for args, message in ((["--precisions", "tf32"], "tf32 is a CUDA setting"),
                           (["--batch-sizes", "0"], "must be positive")):  # fmt: skip
-        result = bench(*args, cwd=tmp_path)
-        assert result.returncode == 2 and message in result.stderr
+        code, _, err = run_script(BENCH, *args, cwd=tmp_path, capsys=capsys)
+        assert code == 2 and message in err
     if not torch.cuda.is_available():
-        result = bench("--device", "cuda", cwd=tmp_path)
-        assert result.returncode == 2 and "no CUDA device" in result.stderr
+        code, _, err = run_script(BENCH, "--device", "cuda", cwd=tmp_path, capsys=capsys)
+        assert code == 2 and "no CUDA device" in err

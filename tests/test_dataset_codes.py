@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from conftest import SPEECH, free_port, get_fixture
+from conftest import SPEECH, free_port, get_fixture, run_script
 from esc_hf import encode_batch
 from esc_hf.codec.tokens import codes_to_tokens
 
@@ -86,44 +86,49 @@ def test_encode_batch_refuses_bad_input(source):
         encode_batch(model, batch_size=0)
 
 
-def run(*args, launch=False) -> subprocess.CompletedProcess:
-    prefix = [sys.executable, SCRIPT]
-    if launch:  # two processes; without a GPU Accelerate runs them on the CPU with gloo
-        prefix = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                  "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
-                  "--dynamo_backend", "no", SCRIPT]  # fmt: skip
-    result = subprocess.run([*prefix, *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+def launch(*args) -> str:
+    """Standard output of the script in two processes (without a GPU Accelerate runs them on the CPU with gloo)."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
+               "--dynamo_backend", "no", SCRIPT, *map(str, args)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return result.stdout
 
 
-def test_two_processes_interrupted_and_resumed(source, tmp_path):
+def run(*args, capsys) -> str:
+    """Standard output of the script in one process: this one."""
+    code, out, err = run_script(SCRIPT, *args, capsys=capsys, cwd=ROOT)
+    assert code == 0, err[-3000:]
+    return out
+
+
+def test_two_processes_interrupted_and_resumed(source, tmp_path, capsys):
     root, model, clips = source
     common = ["--dataset", root / "source", "--model", root / "model", "--output", tmp_path / "codes", "--kbps",
               model.config.bandwidth_for_num_streams(3), "--batch-size", 4, "--shard-size", 2]  # fmt: skip
-    first = run(*common, "--max-shards", 1, launch=True)  # 5 shards of 2 rows: each process writes one, then stops
-    assert "stopped at --max-shards" in first.stdout and not (tmp_path / "codes").exists()
+    first = launch(*common, "--max-shards", 1)  # 5 shards of 2 rows: each process writes one, then stops
+    assert "stopped at --max-shards" in first and not (tmp_path / "codes").exists()
     work = tmp_path / ".codes.shards"
     assert len(list(work.glob("shard-*"))) == 2
     (work / ".shard-000004.tmp").mkdir()  # what a kill in the middle of writing a shard leaves
-    second = run(*common, launch=True)
-    assert second.stdout.count("1 already there") == 2 and not work.exists()
+    second = launch(*common)
+    assert second.count("1 already there") == 2 and not work.exists()
     data = datasets.load_from_disk(str(tmp_path / "codes"))
     assert data["id"] == [f"utt{i}" for i in range(len(LENGTHS))] and data["source_index"] == list(range(len(LENGTHS)))
     for row, clip in zip(data, clips):
         assert np.array_equal(np.asarray(row["codes"]), alone(model, clip, 3)), row["id"]
     assert '"codebook_fingerprint"' in data.info.description and '"num_streams": 3' in data.info.description
-    assert "already complete" in run(*common).stdout
-    verified = run(*common, "--verify", 4)
-    assert "verified 4 rows: 4 exact" in verified.stdout
+    assert "already complete" in run(*common, capsys=capsys)
+    assert "verified 4 rows: 4 exact" in run(*common, "--verify", 4, capsys=capsys)
 
 
-def test_folder_source(tmp_path):
+def test_folder_source(tmp_path, capsys):
     folder = tmp_path / "clips"
     folder.mkdir()
     for path in SPEECH:
         sf.write(str(folder / f"{path.stem}.flac"), sf.read(str(path), dtype="float32")[0][:20000], 16000)
-    run("--folder", folder, "--output", tmp_path / "codes", "--kbps", 1.5)
+    run("--folder", folder, "--output", tmp_path / "codes", "--kbps", 1.5, capsys=capsys)
     data = datasets.load_from_disk(str(tmp_path / "codes"))
     assert sorted(data["file"]) == sorted(f"{p.stem}.flac" for p in SPEECH)
     assert all(np.asarray(codes).shape == (1, 3, 63) for codes in data["codes"])
@@ -135,10 +140,10 @@ def test_folder_source(tmp_path):
         assert np.array_equal(np.asarray(row["codes"]), alone(model, clip, 1))
 
 
-def test_streaming_source(source, tmp_path):
+def test_streaming_source(source, tmp_path, capsys):
     root, model, clips = source
     run("--dataset", root / "source", "--streaming", "--model", root / "model", "--output", tmp_path / "codes",
-        "--shard-size", 3, "--lm-tokens")  # fmt: skip
+        "--shard-size", 3, "--lm-tokens", capsys=capsys)  # fmt: skip
     data = datasets.load_from_disk(str(tmp_path / "codes"))
     assert sorted(data["id"]) == sorted(f"utt{i}" for i in range(len(LENGTHS)))  # every row once, in stream order
     for row in data:

@@ -62,6 +62,32 @@ def test_fused_deembedding_equals_two_convolutions(patch_size, height, width):
     torch.testing.assert_close(fused, reference, atol=1e-5, rtol=1e-5)
 
 
+def test_fused_deembedding_follows_changes_of_the_weights():
+    """The composed kernel is kept between calls and composed again when a weight changes: in place, replaced,
+    loaded or cast."""
+    torch.manual_seed(0)
+    config = EscConfig(hidden_dims=[12, 12, 24, 24, 24, 24])
+    deembed, other = EscPatchDeEmbed(config).eval(), EscPatchDeEmbed(config).eval()
+    x = torch.randn(1, 6 * 8, 12)
+
+    def matches_two_convolutions() -> bool:
+        fused = inference_esc.patch_deembed(deembed, x, 6, 8)
+        return torch.allclose(fused, deembed(x, 6, 8), atol=1e-5, rtol=1e-5)
+
+    with torch.no_grad():
+        first = inference_esc.patch_deembed(deembed, x, 6, 8)
+        assert matches_two_convolutions() and torch.equal(inference_esc.patch_deembed(deembed, x, 6, 8), first)
+        deembed.de_proj1.weight.mul_(2)
+        assert matches_two_convolutions()
+        deembed.de_proj2.bias = torch.nn.Parameter(torch.randn(2))
+        assert matches_two_convolutions()
+        deembed.load_state_dict(other.state_dict())
+        assert matches_two_convolutions()
+        deembed.double()
+        assert inference_esc.patch_deembed(deembed, x.double(), 6, 8).dtype == torch.float64
+        assert torch.allclose(inference_esc.patch_deembed(deembed, x.double(), 6, 8), deembed(x.double(), 6, 8))
+
+
 def test_stream_weights_drop_streams_exactly():
     model = get_fixture("swin_rvq").model()
     codes = model.encode(get_fixture("swin_rvq").inputs["waveform"]).audio_codes

@@ -1,11 +1,9 @@
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import soundfile as sf
 import torch
-from conftest import SPEECH
+from conftest import SPEECH, run_script
 
 from esc_hf import EscConfig, load_model
 from esc_hf.codec.tokens import codes_to_tokens, tokens_to_codes, vocab_size
@@ -70,15 +68,10 @@ def test_malformed_token_sequences_name_the_problem(model):
         codes_to_tokens(torch.zeros(1, 7, 3, 2, dtype=torch.long), config)
 
 
-def test_example_runs(tmp_path):
+def test_example_runs(tmp_path, capsys):
     root = Path(__file__).parents[1]
-    result = subprocess.run(
-        [sys.executable, str(root / "examples" / "tokens_for_lm.py"), "--out", str(tmp_path / "d.wav")],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=tmp_path,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "→ 555 tokens" in result.stdout  # 3.69 s at 1 stream: 185 code frames × 3 codebooks
+    code, out, err = run_script(root / "examples" / "tokens_for_lm.py", "--out", tmp_path / "d.wav", capsys=capsys,
+                                cwd=tmp_path)  # fmt: skip
+    assert code == 0, err
+    assert "→ 555 tokens" in out  # 3.69 s at 1 stream: 185 code frames × 3 codebooks
     assert sf.info(str(tmp_path / "d.wav")).frames == sf.info(str(SPEECH[1])).frames  # speech_nl.flac

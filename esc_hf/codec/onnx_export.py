@@ -99,6 +99,11 @@ def export_onnx(
     features = torch.randn(2, 2, config.num_frequency_bins, frames * 5)
     codes = torch.zeros(2, config.num_streams, config.group_size, 5, dtype=torch.long)
     output_dir = Path(output_dir)
+    decoder = EscOnnxDecoder(model)
+    with torch.no_grad():
+        # An eager call first: it composes the fused de-embedding kernel from the current weights, which the
+        # exported decoder then holds as a constant (see `inference_esc._fused_deembedding_weights`).
+        decoder(codes, torch.tensor(config.num_streams))
     with torch.no_grad(), atomic_directory(output_dir) as tmp:
         _export(
             EscOnnxEncoder(model, num_streams),
@@ -111,7 +116,7 @@ def export_onnx(
             optimize,
         )
         _export(
-            EscOnnxDecoder(model),
+            decoder,
             (codes, torch.tensor(config.num_streams)),
             tmp / DECODER_FILE,
             ["audio_codes", "num_streams"],

@@ -301,6 +301,28 @@ def _edge_patches(deembed: EscPatchDeEmbed) -> tuple[int, int]:
 
 
 def _fused_deembedding_weights(deembed: EscPatchDeEmbed) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_compose_deembedding_weights(deembed)`, kept on the module while its four parameters stay the same tensors
+    with the same contents (storage, dtype and version counter: an in-place update, a cast or a move recomputes it).
+    Composing takes a few hundred small ops: done once, not on every decode, and, for torch.export (ONNX), not
+    traced into the graph, which takes the weights of the last eager call as constants (`export_onnx` makes one
+    first; parameters are not real tensors while exporting, so they cannot be checked then). torch.compile traces
+    the composition: a compiled decoder follows later changes of the weights."""
+    exporting = torch.compiler.is_exporting()
+    cached = deembed.__dict__.get("_fused_weights")
+    if exporting and cached is not None:
+        return cached[1]
+    if torch.compiler.is_compiling():
+        return _compose_deembedding_weights(deembed)
+    params = (deembed.de_proj1.weight, deembed.de_proj1.bias, deembed.de_proj2.weight, deembed.de_proj2.bias)
+    key = tuple((p.data_ptr(), p.dtype, p.device, p._version) for p in params)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = key, _compose_deembedding_weights(deembed)
+        deembed.__dict__["_fused_weights"] = cached
+    return cached[1]
+
+
+def _compose_deembedding_weights(deembed: EscPatchDeEmbed) -> tuple[torch.Tensor, torch.Tensor]:
     """The two convolutions and the pixel shuffle between them as one convolution on the coarse grid: output
     channel `(i, j, o)` is STFT channel `o` at sub-position `(i, j)` of a patch. A 3×3 tap `(dy, dx)` of
     `de_proj2` at sub-position `(i, j)` reads sub-position `((i + dy) mod s1, (j + dx) mod s2)` of the patch

@@ -128,13 +128,14 @@ def _shift_window_mask(padded_height: int, padded_width: int, window_size: int, 
     """Additive mask `(num_windows, ws², ws²)` that stops shifted windows from mixing regions that the cyclic
     shift brought together: 0 within a region, -100 across (the authors' value, not -inf)."""
     shift = window_size // 2
-    labels = torch.zeros(padded_height, padded_width, device=device)
-    bounds = ((0, -window_size), (-window_size, -shift), (-shift, None))
-    region = 0
-    for h0, h1 in bounds:
-        for w0, w1 in bounds:
-            labels[h0:h1, w0:w1] = region
-            region += 1
+
+    def band(size: int) -> torch.Tensor:  # 0 before the last window, 1 in its first half, 2 in its shifted half
+        index = torch.arange(size, device=device)
+        return (index >= size - window_size).long() + (index >= size - shift).long()
+
+    # Region 3·row band + column band, the authors' nine regions; built by arithmetic rather than nine slice
+    # assignments, which tracers (torch.export, torch.compile) turn into chains of scatters over symbolic sizes.
+    labels = (3 * band(padded_height)[:, None] + band(padded_width)[None, :]).float()
     windows = _window_partition(labels[None, :, :, None], window_size).squeeze(-1)
     diff = windows.unsqueeze(1) - windows.unsqueeze(2)
     return torch.zeros_like(diff).masked_fill(diff != 0, -100.0)
@@ -145,6 +146,12 @@ def _relative_position_index(window_size: int) -> torch.Tensor:
     coords = coords.flatten(1)
     relative = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (window_size - 1)
     return relative[..., 0] * (2 * window_size - 1) + relative[..., 1]
+
+
+def _padded(size: int, window_size: int) -> int:
+    """`size` rounded up to whole windows. One expression for every padded size: traced with a symbolic length
+    (torch.export), it is visibly a multiple of the window, so the windows' counts and the mask's cancel."""
+    return (size + window_size - 1) // window_size * window_size
 
 
 def _window_partition(x: torch.Tensor, window_size: int) -> torch.Tensor:
@@ -250,13 +257,13 @@ class EscSwinBlock(nn.Module):
         y = self.norm1(x).view(batch, height, width, channels)
         # Padding tokens are zeros after the norm and are deliberately not masked: the authors' model attends to
         # them (their keys and values are the qkv biases), and parity needs the same.
-        pad_h, pad_w = -height % ws, -width % ws
+        padded_height, padded_width = _padded(height, ws), _padded(width, ws)
+        pad_h, pad_w = padded_height - height, padded_width - width
         # Traced (torch.compile, torch.export) the pad and crop are unconditional, so that one graph serves every
         # length: branching on a symbolic length would specialise the graph to lengths of one residue.
         always = torch.compiler.is_compiling()
         if always or pad_h or pad_w:
             y = F.pad(y, (0, 0, 0, pad_w, 0, pad_h))
-        padded_height, padded_width = height + pad_h, width + pad_w
         if self.shift_size:
             y = torch.roll(y, shifts=(-self.shift_size, -self.shift_size), dims=(1, 2))
         y = self.attn(_window_partition(y, ws), mask if self.shift_size else None, fused)
@@ -322,8 +329,7 @@ class EscTransformerLayer(nn.Module):
         # The residual stream is in the LayerNorms' dtype: float32, also with a bf16 backbone (set_backbone_dtype).
         x = x.to(self.swint_blocks[0].norm1.weight.dtype) if len(self.swint_blocks) else x
         ws = self.window_size
-        padded_height, padded_width = (height + ws - 1) // ws * ws, (width + ws - 1) // ws * ws
-        mask = _shift_window_mask(padded_height, padded_width, ws, x.device)
+        mask = _shift_window_mask(_padded(height, ws), _padded(width, ws), ws, x.device)
         for block in self.swint_blocks:
             x = block(x, height, width, mask, fused)
         return self._rescale(x, height, width)
