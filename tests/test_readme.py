@@ -7,6 +7,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,8 @@ def test_compress_a_file_block_runs(repo_copy, capsys):
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
     shell = subprocess.run("esc --help", shell=True, capture_output=True, text=True, env=env)
     assert shell.returncode == 0 and "usage: esc" in shell.stdout, shell.stderr
+    (script,) = entry_points(group="console_scripts", name="esc")
+    assert script.load() is main
     for line in RUNNABLE_BASH[0].splitlines():
         command = shlex.split(line.split("#")[0])
         assert command[0] == "esc", line
