@@ -303,13 +303,12 @@ def _edge_patches(deembed: EscPatchDeEmbed) -> tuple[int, int]:
 def _fused_deembedding_weights(deembed: EscPatchDeEmbed) -> tuple[torch.Tensor, torch.Tensor]:
     """`_compose_deembedding_weights(deembed)`, kept on the module while its four parameters stay the same tensors
     with the same contents (storage, dtype and version counter: an in-place update, a cast or a move recomputes it).
-    Composing takes a few hundred small ops: done once, not on every decode, and, for torch.export (ONNX), not
-    traced into the graph, which takes the weights of the last eager call as constants (`export_onnx` makes one
+    Composing is about 1,300 small ops when traced: done once, not on every decode, and, for torch.export (ONNX),
+    not traced into the graph, which takes the weights of the last eager call as constants (`export_onnx` makes one
     first; parameters are not real tensors while exporting, so they cannot be checked then). torch.compile traces
     the composition: a compiled decoder follows later changes of the weights."""
-    exporting = torch.compiler.is_exporting()
     cached = deembed.__dict__.get("_fused_weights")
-    if exporting and cached is not None:
+    if torch.compiler.is_exporting() and cached is not None:
         return cached[1]
     if torch.compiler.is_compiling():
         return _compose_deembedding_weights(deembed)
