@@ -18,6 +18,7 @@ import time
 import torch
 
 from esc_hf import EscConfig, EscModel
+from esc_hf.training.arguments import TrainingArguments
 from esc_hf.training.data import valid_crop_length
 from esc_hf.training.evaluation import write_csv
 from esc_hf.training.discriminator import (
@@ -30,6 +31,8 @@ from esc_hf.training.losses import EscLoss
 
 
 RECIPES = ("plain", "phase", "adversarial")
+# The trainer's own weights and limits, so that a recipe here is the one `--adversarial` runs.
+DEFAULTS = TrainingArguments(data_dir="unused")
 
 
 class Setting:
@@ -42,7 +45,7 @@ class Setting:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
         self.discriminator = Discriminator() if recipe == "adversarial" else None
         if self.discriminator is not None:
-            self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=1e-4)
+            self.disc_optimizer = torch.optim.AdamW(self.discriminator.parameters(), lr=DEFAULTS.discriminator_lr)
         self.audio = 0.1 * torch.randn(batch, 1, valid_crop_length(crop_seconds))
         self.dtype = torch.bfloat16 if precision == "bf16" else None
         self.warm = warm
@@ -55,7 +58,8 @@ class Setting:
             loss = self.loss_fn(self.audio, output)["total"]
             if self.discriminator is not None:
                 fake, real = self.discriminator(output.audio_values), self.discriminator(self.audio)
-                loss = loss + generator_adversarial_loss(fake) + 2.0 * feature_matching_loss(fake, real)
+                loss = loss + DEFAULTS.generator_adv_weight * generator_adversarial_loss(fake)
+                loss = loss + DEFAULTS.feature_matching_weight * feature_matching_loss(fake, real)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 0.5)
         self.optimizer.step()
@@ -66,7 +70,7 @@ class Setting:
                     self.discriminator(output.audio_values.detach()), self.discriminator(self.audio)
                 )
             disc_loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), 10.0)
+            torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), DEFAULTS.discriminator_max_grad_norm)
             self.disc_optimizer.step()
             self.disc_optimizer.zero_grad()
         self.times.append(time.perf_counter() - start)
