@@ -8,6 +8,10 @@ the validation clips, curves and a model card that says how it was made.
 
 The card's command block shows the data step (`DATA_COMMAND`) first, then `--command`.
 
+A run that continued a shipped checkpoint (`--init_from`) is packaged with `--base` (that folder) and
+`--base-config` (its recipe): the card describes both stages, and the base's validation history and training log
+are put before the run's, so that the curves start at step 0.
+
 The folder is written beside `--output` and renamed into place when complete.
 """
 
@@ -31,7 +35,8 @@ from esc_hf.utils.atomic_files import atomic_directory  # noqa: E402
 from esc_hf.training.arguments import parse_arguments  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from esc_hf.eval.model_card import write_model_card  # noqa: E402
-from esc_hf.training.evaluation import write_csv  # noqa: E402
+from esc_hf.eval.plotting import plot_val_curve  # noqa: E402
+from esc_hf.training.evaluation import read_history, write_csv  # noqa: E402
 
 DATA = """## Training data
 
@@ -73,6 +78,27 @@ def _bf16_table(rows: list[dict]) -> str:
                       for r in rows])  # fmt: skip
 
 
+def _recipe(config: str, **flags: str):
+    """The TrainingArguments a config file gives (the data folders play no part in packaging)."""
+    argv = ["--config", config, "--data_dir", "-"]
+    for name, value in flags.items():
+        argv += [f"--{name}", value]
+    return parse_arguments(argv)
+
+
+def _merged_history(base: Path, run: Path, base_step: int, tmp: Path, warm_start_steps: int) -> None:
+    """The base's eval_history.csv and train_log.jsonl (to `base_step`), then the run's, written into `tmp`, with
+    the validation curve drawn over both."""
+    history = [r for r in read_history(base / "eval_history.csv") if r["step"] <= base_step]
+    history += read_history(run / "eval_history.csv")
+    write_csv(history, tmp / "eval_history.csv")
+    plot_val_curve(history, tmp / "val_curve.png", warm_start_steps)
+    lines = [line for line in (base / "train_log.jsonl").read_text().splitlines()
+             if line.strip() and json.loads(line)["step"] <= base_step]  # fmt: skip
+    lines += [line for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()]
+    (tmp / "train_log.jsonl").write_text("\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True, help="training output folder (its latest checkpoint is shipped)")
@@ -85,12 +111,21 @@ def main() -> None:
     parser.add_argument("--wall-time", required=True)
     parser.add_argument("--note", default="", help="what the numbers mean, how far from the target")
     parser.add_argument("--limit", type=int, help="evaluate on the first N clips only (a quick look)")
+    parser.add_argument("--base", type=Path, help="the shipped folder the run continued (its --init_from)")
+    parser.add_argument("--base-config", help="with --base: the recipe that trained it")
+    parser.add_argument("--base-step", type=int, help="with --base: the step it had reached (the run's --init_step)")
     args = parser.parse_args()
+    if len({args.base is None, args.base_config is None, args.base_step is None}) > 1:
+        parser.error("--base, --base-config and --base-step go together")
+    if args.base_step is not None and args.base_step < 1:
+        parser.error("--base-step must be at least 1")
 
     # The latest complete checkpoint of the run (a stopped run has no final/ folder).
     latest = max((args.run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     state = json.loads((latest / "trainer_state.json").read_text())
-    model = EscModel(parse_arguments(["--config", args.config, "--data_dir", "-"]).model_config())
+    base_step = args.base_step or 0
+    recipe = _recipe(args.config, **({"init_from": str(args.base), "init_step": str(base_step)} if base_step else {}))
+    model = EscModel(recipe.model_config())
     model.load_state_dict(load_file(str(latest / "model.safetensors")))
     model.eval()
     with atomic_directory(args.output) as tmp:
@@ -101,19 +136,31 @@ def main() -> None:
                                               label=f"checkpoints/esc-base at step {state['step']}")
         (tmp / "compare.csv").rename(tmp / "eval_per_clip.csv")
         (tmp / "summary.csv").rename(tmp / "eval.csv")
-        for name in ("val_curve.png", "eval_history.csv", "train_log.jsonl"):
-            if (args.run / name).exists():
-                shutil.copy(args.run / name, tmp / name)
+        if args.base is not None:
+            _merged_history(args.base, args.run, base_step, tmp, _recipe(args.base_config).warm_start_steps)
+        else:
+            for name in ("val_curve.png", "eval_history.csv", "train_log.jsonl"):
+                if (args.run / name).exists():
+                    shutil.copy(args.run / name, tmp / name)
         esc = [r for r in summary if r["codec"] == "esc"]
         clips = compare_codecs.load_clips(args.val, args.limit, None)
         bf16 = bench_bf16_quality.measure(model, clips, [1.5, 9.0])
         write_csv(bf16, tmp / "bf16_quality.csv")
+        seconds = recipe.batch_size * recipe.crop_seconds
+        if args.base is None:
+            stages = f"Recipe: `{args.config}` ({recipe.recipe_summary()})."
+        else:
+            base_recipe = _recipe(args.base_config)
+            seconds = (base_step * base_recipe.batch_size * base_recipe.crop_seconds
+                       + (state["step"] - base_step) * seconds) / state["step"]  # fmt: skip
+            stages = (f"Two stages:\n\n1. steps 1–{base_step:,} from scratch, recipe `{args.base_config}` "
+                      f"({base_recipe.recipe_summary()});\n2. steps {base_step + 1:,}–{state['step']:,} continued "
+                      f"from those weights (`--init_from`, `--init_step {base_step}`, fresh optimizer moments), "
+                      f"recipe `{args.config}` ({recipe.recipe_summary()}).")  # fmt: skip
         training = (
-            f"{DATA}\n## Training\n\nTrained from scratch with `esc_hf`'s own trainer for **{state['step']:,} steps** "
-            f"of 8 × 1 s crops ({state['step'] * 8 / 3600:.1f} h of audio seen) on {args.hardware}, "
-            f"{args.wall_time} of wall time. Recipe: `{args.config}` (bf16 autocast, AdamW 1e-3 with 200 warm-up "
-            "steps and a cosine schedule, warm start with the quantizers bypassed, then VQ with quantizer dropout "
-            "0.75, fresh optimizer moments and a 100-step ramp; power-law STFT + multi-scale mel + VQ losses; no GAN). "
+            f"{DATA}\n## Training\n\nTrained with `esc_hf`'s own trainer for **{state['step']:,} steps** "
+            f"({state['step'] * seconds / 3600:.1f} h of audio seen) on {args.hardware}, "
+            f"{args.wall_time} of wall time. {stages}\n\n"
             "The exact commands (the first downloads the two Debian packages, about 200 MB, and rebuilds the data "
             "set, checking every file's length against the manifests):\n\n"
             f"```bash\n{DATA_COMMAND}\n{args.command}\n```\n\n"

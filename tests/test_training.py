@@ -183,6 +183,23 @@ def test_bad_arguments(argv, message):
         parse_arguments(argv)
 
 
+def test_recipe_summary_follows_the_config():
+    """The model card's recipe line is built from the arguments: the shipped configs' summaries name what they set,
+    and a continuation past the warm start does not claim one."""
+    configs = ROOT / "examples" / "configs"
+    scratch = parse_arguments(["--config", str(configs / "esc-base-cpu.yaml"), "--data-dir", "-"]).recipe_summary()
+    assert scratch.startswith("8 × 1 s crops, bf16 autocast, AdamW (lr 0.001, 200 warm-up steps, cosine schedule)")
+    assert "bypassed to step 1,000, then VQ with quantizer dropout 0.75, fresh optimizer moments and a 100-step ramp" \
+        in scratch
+    assert "revival" not in scratch and scratch.endswith("; no GAN")
+    continued = parse_arguments(["--config", str(configs / "esc-base-cpu-continue.yaml"), "--data-dir", "-",
+                                 "--init-from", "x", "--init-step", "10000"]).recipe_summary()  # fmt: skip
+    assert "float32" in continued and "constant schedule" in continued and "bypassed" not in continued
+    assert "quantizer dropout 0.25, dead-code revival (codebook entries unused for 100 steps" in continued
+    weighted = parse_arguments(["--data-dir", "-", "--phase-weight", "0.5", "--adversarial"]).recipe_summary()
+    assert "anti-wrapping phase (weight 0.5)" in weighted and weighted.endswith("DAC's discriminators")
+
+
 def test_help_lists_every_option(capsys):
     """`train.py --help` is where the script sends users for every option: it names every field of
     TrainingArguments (both spellings) and nothing else, shows each help text with the field's real default, and

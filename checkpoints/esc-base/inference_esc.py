@@ -303,10 +303,10 @@ def _edge_patches(deembed: EscPatchDeEmbed) -> tuple[int, int]:
 def _fused_deembedding_weights(deembed: EscPatchDeEmbed) -> tuple[torch.Tensor, torch.Tensor]:
     """`_compose_deembedding_weights(deembed)`, kept on the module while its four parameters stay the same tensors
     with the same contents (storage, dtype and version counter: an in-place update, a cast or a move recomputes it).
-    Composing is about 1,300 small ops when traced: done once, not on every decode, and, for torch.export (ONNX),
-    not traced into the graph, which takes the weights of the last eager call as constants (`export_onnx` makes one
-    first; parameters are not real tensors while exporting, so they cannot be checked then). torch.compile traces
-    the composition: a compiled decoder follows later changes of the weights."""
+    Composed once, not on every decode; torch.export (ONNX) does not trace it but takes the kernel of the last eager
+    call as a constant of the graph (`export_onnx` makes one first; parameters are not real tensors while exporting,
+    so they cannot be checked then). torch.compile traces the composition: a compiled decoder follows later changes
+    of the weights."""
     cached = deembed.__dict__.get("_fused_weights")
     if torch.compiler.is_exporting() and cached is not None:
         return cached[1]
@@ -323,30 +323,30 @@ def _fused_deembedding_weights(deembed: EscPatchDeEmbed) -> tuple[torch.Tensor, 
 
 def _compose_deembedding_weights(deembed: EscPatchDeEmbed) -> tuple[torch.Tensor, torch.Tensor]:
     """The two convolutions and the pixel shuffle between them as one convolution on the coarse grid: output
-    channel `(i, j, o)` is STFT channel `o` at sub-position `(i, j)` of a patch. A 3×3 tap `(dy, dx)` of
-    `de_proj2` at sub-position `(i, j)` reads sub-position `((i + dy) mod s1, (j + dx) mod s2)` of the patch
-    `(⌊(i + dy) / s1⌋, ⌊(j + dx) / s2⌋)` away, so the 5×5 kernel of `de_proj1` lands shifted by that in a
-    7×7 kernel."""
+    channel `(i, j, o)` is STFT channel `o` at sub-position `(i, j)` of a patch. The map is linear and, away from
+    the edges, shift-invariant by whole patches, so its kernel is its response to an impulse on each input channel,
+    flipped (a convolution correlates); the bias is the response to `de_proj1`'s bias alone. One small convolution
+    instead of a loop over taps, so that a traced graph (torch.export, torch.compile) stays small."""
     s1, s2 = deembed.patch_size
     # Composed in float32 at least, so that a bf16 backbone rounds the fused kernel once.
     conv1, conv2 = deembed.de_proj1, deembed.de_proj2
     w1, b1, w2, b2 = (_at_least_float32(t) for t in (conv1.weight, conv1.bias, conv2.weight, conv2.bias))
-    dim, k1, k2 = w2.shape[1], w1.shape[-1] // 2, w2.shape[-1] // 2
-    w1 = w1.view(s1, s2, dim, *w1.shape[1:])
-    b1 = b1.view(s1, s2, dim)
-    size = w1.shape[-1] + 2 * k2
-    weight = w1.new_zeros(s1, s2, w2.shape[0], w1.shape[3], size, size)
-    bias = b2.expand(s1, s2, -1).clone()
-    for i in range(s1):
-        for j in range(s2):
-            for dy in range(-k2, k2 + 1):
-                for dx in range(-k2, k2 + 1):
-                    (py, ty), (px, tx) = divmod(i + dy, s1), divmod(j + dx, s2)
-                    tap = w2[:, :, dy + k2, dx + k2]  # (2, C0)
-                    rows, cols = slice(py + k2, py + k2 + 2 * k1 + 1), slice(px + k2, px + k2 + 2 * k1 + 1)
-                    weight[i, j, :, :, rows, cols] += torch.einsum("oc,cikl->oikl", tap, w1[ty, tx])
-                    bias[i, j] += tap @ b1[ty, tx]
-    return weight.flatten(0, 2), bias.flatten()
+    channels, dim, k1, k2 = w1.shape[1], w2.shape[1], w1.shape[-1] // 2, w2.shape[-1] // 2
+    # A fused tap reaches de_proj1's k1 patches plus de_proj2's k2 pixels (at most k2 patches) away. On a grid of
+    # 2 * reach + 1 patches the impulse's response stays inside, so the convolutions' zero padding changes nothing.
+    reach = k1 + k2
+    size = 2 * reach + 1
+    # de_proj1's response to an impulse on input channel c in the middle of that grid is its own kernel, flipped.
+    fine = F.pad(w1.transpose(0, 1).flip(-2, -1), (k2,) * 4).view(channels, s1, s2, dim, size, size)
+    fine = fine.permute(0, 3, 4, 1, 5, 2).reshape(channels, dim, size * s1, size * s2)  # the pixel shuffle
+    response = F.conv2d(fine, w2, padding=k2).view(channels, 2, size, s1, size, s2)
+    weight = response.permute(3, 5, 1, 0, 2, 4).flip(-2, -1).reshape(s1 * s2 * 2, channels, size, size)
+    # de_proj1's bias, tiled over enough patches around one that de_proj2 (unpadded) reads only the tiling.
+    tiles_y, tiles_x = 2 * -(-k2 // s1) + 1, 2 * -(-k2 // s2) + 1
+    field = b1.view(1, s1, s2, dim).permute(0, 3, 1, 2).repeat(1, 1, tiles_y, tiles_x)
+    centre = F.conv2d(field, w2)[0, :, tiles_y // 2 * s1 - k2 :, tiles_x // 2 * s2 - k2 :][:, :s1, :s2]
+    bias = (centre + b2.view(2, 1, 1)).permute(1, 2, 0)
+    return weight, bias.flatten()
 
 
 def _fused_deembedding(deembed: EscPatchDeEmbed, x: torch.Tensor) -> torch.Tensor:

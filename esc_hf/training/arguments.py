@@ -109,6 +109,29 @@ class TrainingArguments:
         if self.push_to_hub and not self.hub_model_id:
             raise ValueError("--push-to-hub needs --hub-model-id")
 
+    def recipe_summary(self) -> str:
+        """The recipe in one line of prose, for a model card (built from the fields, so the card cannot drift from
+        the config that was run)."""
+        precision = {"no": "float32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.mixed_precision]
+        warmup = f"{self.lr_warmup_steps} warm-up steps, " if self.lr_warmup_steps else ""
+        optimizer = f"AdamW (lr {self.learning_rate:g}, {warmup}{self.lr_schedule} schedule)"
+        vq = f"VQ with quantizer dropout {self.quantizer_dropout:g}"
+        if self.warm_start_steps > self.init_step:
+            ramp = f" and a {self.switch_warmup_steps}-step ramp" if self.switch_warmup_steps else ""
+            vq = (f"warm start with the quantizers bypassed to step {self.warm_start_steps:,}, then {vq}, fresh "
+                  f"optimizer moments{ramp}")
+        if self.dead_code_window:
+            vq += (f", dead-code revival (codebook entries unused for {self.dead_code_window} steps re-seeded from "
+                   "recent encoder outputs)")  # fmt: skip
+        losses = ["power-law STFT", "multi-scale mel", "VQ"]
+        if self.complex_weight:
+            losses.insert(1, f"magnitude-compressed complex STFT (weight {self.complex_weight:g})")
+        if self.phase_weight:
+            losses.insert(1, f"anti-wrapping phase (weight {self.phase_weight:g})")
+        gan = "DAC's discriminators" if self.adversarial else "no GAN"
+        return (f"{self.batch_size} × {self.crop_seconds:g} s crops, {precision}, {optimizer}, {vq}; "
+                f"{' + '.join(losses)} losses; {gan}")
+
     def model_config(self) -> EscConfig:
         return EscConfig.from_variant(self.variant, **self.model_overrides)
 
