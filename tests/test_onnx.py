@@ -75,3 +75,29 @@ def test_export_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="not an ESC ONNX export"):
         EscOnnxModel(tmp_path)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"format": "esc-onnx/1"}, "is format 'esc-onnx/1', this esc_hf reads 'esc-onnx/2': export the model again"),
+        ({"frames_per_code": 8}, "does not match the config.json beside it: frames_per_code"),
+        ({"encoder_num_streams": 7}, "does not match the config.json beside it: encoder_num_streams"),
+        ({"codebook_size": "1024", "group_size": None}, "group_size, codebook_size"),
+    ],
+)
+def test_runtime_checks_the_metadata(exported, tmp_path, change, message):
+    """A folder whose esc_onnx.json is of another format, or disagrees with its config.json, is refused before a
+    graph runs (format 1 graphs take flat frames and would fail inside ONNX Runtime)."""
+    import shutil
+
+    _, _, folder = exported
+    copy = tmp_path / "onnx"
+    shutil.copytree(folder, copy)
+    meta = json.loads((copy / "esc_onnx.json").read_text())
+    (copy / "esc_onnx.json").write_text(json.dumps({**meta, **change}))
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        EscOnnxModel(copy)
+    (copy / "esc_onnx.json").write_bytes(b"\xff{")
+    with pytest.raises(ValueError, match="is not JSON"):
+        EscOnnxModel(copy)

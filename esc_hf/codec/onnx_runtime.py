@@ -22,7 +22,28 @@ import torch.nn.functional as F
 
 from ..models.esc.configuration_esc import EscConfig
 from ..models.esc.modeling_esc import esc_istft, esc_stft
-from .onnx_export import DECODER_FILE, ENCODER_FILE, META_FILE
+from .onnx_export import DECODER_FILE, ENCODER_FILE, FORMAT, META_FILE
+
+
+def _check_meta(meta, config: EscConfig, path: Path) -> dict:
+    """`esc_onnx.json` as written by this version's exporter, consistent with the folder's config.json."""
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else None
+        raise ValueError(f"{path} is format {found!r}, this esc_hf reads {FORMAT!r}: export the model again")
+    expected = {
+        "num_streams": config.num_streams,
+        "group_size": config.group_size,
+        "codebook_size": config.codebook_size,
+        "num_frequency_bins": config.num_frequency_bins,
+        "frames_per_code": config.frames_per_code,
+    }
+    wrong = [key for key, value in expected.items() if meta.get(key) != value]
+    streams = meta.get("encoder_num_streams")
+    if isinstance(streams, bool) or not isinstance(streams, int) or not 1 <= streams <= config.num_streams:
+        wrong.append("encoder_num_streams")
+    if wrong:
+        raise ValueError(f"{path} does not match the config.json beside it: {', '.join(wrong)}")
+    return meta
 
 
 class EscOnnxModel:
@@ -36,8 +57,12 @@ class EscOnnxModel:
         missing = [name for name in names if not (directory / name).exists()]
         if missing:
             raise ValueError(f"{directory} is not an ESC ONNX export (esc_hf.export_onnx): missing {missing}")
-        self.meta = json.loads((directory / META_FILE).read_text())
         self.config = EscConfig.from_pretrained(directory)
+        try:
+            meta = json.loads((directory / META_FILE).read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ValueError(f"{directory / META_FILE} is not JSON: {error}") from None
+        self.meta = _check_meta(meta, self.config, directory / META_FILE)
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
@@ -63,6 +88,7 @@ class EscOnnxModel:
             raise ValueError(f"audio must be (batch, length) or (length,), length > 0; got {tuple(waveform.shape)}")
         waveform = F.pad(waveform, (0, self.config.padded_length(waveform.shape[-1]) - waveform.shape[-1]))
         features = esc_stft(waveform, self.window, self.config.n_fft, self.config.hop_length)
+        features = features.unflatten(3, (-1, self.config.frames_per_code))
         (codes,) = self.encoder.run(None, {"input_features": features.contiguous().numpy()})
         return codes[:, :num_streams]
 
