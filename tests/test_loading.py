@@ -54,17 +54,20 @@ def test_paths_that_are_not_models(tmp_path):
         load_model(tmp_path / "file.txt")
 
 
-def _load_in_subprocess(name: str, env: dict) -> subprocess.CompletedProcess:
-    code = f"from esc_hf import load_model\nload_model({name!r})"
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env})
-
-
-def test_hub_id_offline_fails_at_once(tmp_path):
+def test_hub_id_offline_fails_at_once(tmp_path, monkeypatch):
     """Offline, a Hub id that is not in the cache is an immediate one-line error, not ~20 s of download retries."""
-    cache = {"HF_HOME": str(tmp_path / "hf")}
-    result = _load_in_subprocess("org/esc-base", {**cache, "HF_HUB_OFFLINE": "1"})
+    # HF_HUB_OFFLINE as a user sets it: in the environment of a fresh process (huggingface_hub reads it on import).
+    code = "from esc_hf import load_model\nload_model('org/esc-base')"
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     assert "ModelLoadError: cannot load model 'org/esc-base': HF_HUB_OFFLINE is set" in result.stderr, result.stderr
     # Not declared offline, but nothing listens where the Hub should be (port 9, discard, is closed here): the
-    # connection check answers before transformers' download retries would start.
-    result = _load_in_subprocess("org/esc-base", {**cache, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"})
-    assert "cannot be reached to download it (offline?)" in result.stderr, result.stderr
+    # connection check answers before transformers' download retries would start. Here, in this process: the
+    # settings are huggingface_hub's module constants, which the loader reads at each call.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    with pytest.raises(ModelLoadError, match=r"\(http://127.0.0.1:9\) cannot be reached to download it \(offline\?\)"):
+        load_model("org/esc-base")
