@@ -4,7 +4,17 @@ import soundfile as sf
 import torch
 
 from conftest import SPEECH
-from esc_hf.eval.metrics import codebook_health, code_utilization, mel_distance, pesq_wb, si_sdr, stoi, stream_usage
+from esc_hf import load_model
+from esc_hf.eval.metrics import (
+    code_utilization,
+    codebook_health,
+    entropy_kbps,
+    mel_distance,
+    pesq_wb,
+    si_sdr,
+    stoi,
+    stream_usage,
+)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +65,25 @@ def test_codebook_health_per_stream_and_codebook():
     assert stream_usage(health) == pytest.approx({0: (1 + 0.25 + 1 / 64) / 3, 1: (1 / 64 + 1 / 64 + 2 / 64) / 3})
     with pytest.raises(ValueError, match="lie in"):
         codebook_health(codes + 64, 64)
+    # Coded by their own distribution, these codes cost the sum of their codebooks' entropies per frame.
+    bits = sum(value for key, value in health.items() if key.startswith("entropy_"))
+    assert bits == pytest.approx(6 + 4 + 0.811278, abs=1e-6)
+    assert entropy_kbps(codes, 64, frame_rate=50) == pytest.approx(bits * 50 / 1000)
+
+
+def test_entropy_rate_of_real_codes_is_below_the_nominal_rate_and_tracks_collapse(speech):
+    model = load_model(None)  # the packaged model: its coarse codebooks are collapsed (see docs/training_study.md)
+    config = model.config
+    with torch.inference_mode():
+        codes = model.encode(torch.from_numpy(speech)[None, None]).audio_codes
+    rate = entropy_kbps(codes, config.codebook_size, config.frame_rate)
+    assert 0 < rate < config.target_bandwidths[-1]
+    collapsed = codes.clone()
+    collapsed[:, 0] %= 4  # stream 0 down to 4 codes per codebook: at most 2 bits a code
+    assert entropy_kbps(collapsed, config.codebook_size, config.frame_rate) < rate
+    spread = codes.clone()
+    spread[:, 0] = torch.randint(config.codebook_size, spread[:, 0].shape, generator=torch.Generator().manual_seed(0))
+    assert entropy_kbps(spread, config.codebook_size, config.frame_rate) > rate
 
 
 def test_bad_metric_input():

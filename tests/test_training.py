@@ -142,7 +142,7 @@ def test_output_folder_and_evaluation_files(tmp_path, speech_dir):
             p.name for p in (run / name).iterdir()
         }
     header = (run / "eval.csv").read_text().splitlines()[0].split(",")
-    assert {"step", "kbps", "pesq", "stoi", "mel_distance", "si_sdr", "utilization"} <= set(header)
+    assert {"step", "kbps", "pesq", "stoi", "mel_distance", "si_sdr", "utilization", "entropy_kbps"} <= set(header)
     assert (run / "rate_distortion.png").read_bytes()[:4] == b"\x89PNG"
 
 

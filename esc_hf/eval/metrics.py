@@ -162,6 +162,19 @@ def codebook_health(codes: torch.Tensor, codebook_size: int) -> dict[str, float]
     return health
 
 
+def entropy_kbps(codes: torch.Tensor, codebook_size: int, frame_rate: float) -> float:
+    """The bitrate, in kbps, that `codes` `(..., streams, groups, frames)` would cost coded by their own empirical
+    distribution, one per stream and codebook, at `frame_rate` code frames per second: the sum of the codebooks'
+    entropies (as in [`codebook_health`]) times the frame rate.
+
+    Bit-packed, every code costs log2(`codebook_size`) bits however few codes a codebook uses, so the nominal rate
+    hides a collapsed codebook; entropy coding (`.esc` v2) does not, and then a recipe that spreads the codes over
+    the codebook buys its quality with bits. This estimate lets runs be compared at the rate they would really
+    cost. It is not the v2 files' rate: those tables are fitted once, on other clips, and model each code given the
+    previous frame's (less than this for slowly changing coarse codes), and the files add headers and packets."""
+    return float(_entropy_bits(_code_counts(codes, codebook_size)).sum() * frame_rate / 1000)
+
+
 def stream_usage(row: dict) -> dict[int, float]:
     """Mean share of codes used per stream (over its codebooks), from a dict with [`codebook_health`]'s keys."""
     usage = {}

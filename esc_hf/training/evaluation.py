@@ -9,14 +9,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..eval.metrics import METRICS, code_utilization, codebook_health, mel_distance, pesq_wb, si_sdr, stoi
+from ..eval.metrics import (
+    METRICS,
+    code_utilization,
+    codebook_health,
+    entropy_kbps,
+    mel_distance,
+    pesq_wb,
+    si_sdr,
+    stoi,
+)
 from ..utils.atomic_files import atomic_file
 
 
 @torch.inference_mode()
 def evaluate_codec(model, clips: list[np.ndarray], num_streams: list[int] | None = None) -> list[dict]:
-    """One row per bitrate with the mean of each metric over `clips` (16 kHz mono arrays), the code utilization
-    and the usage and entropy of each codebook of its streams (see `esc_hf.eval.metrics.codebook_health`)."""
+    """One row per bitrate with the mean of each metric over `clips` (16 kHz mono arrays), the code utilization,
+    the rate the codes would cost entropy coded (`entropy_kbps`, see `esc_hf.eval.metrics.entropy_kbps`) and the
+    usage and entropy of each codebook of its streams (see `esc_hf.eval.metrics.codebook_health`)."""
     if not clips:
         raise ValueError("evaluation needs at least one clip")
     config = model.config
@@ -37,6 +47,7 @@ def evaluate_codec(model, clips: list[np.ndarray], num_streams: list[int] | None
         row = {"kbps": config.bandwidth_for_num_streams(n), "streams": n, "clips": len(clips)}
         row.update({name: float(np.nanmean(values)) for name, values in scores.items()})
         row["utilization"] = code_utilization(codes, config.codebook_size)
+        row["entropy_kbps"] = entropy_kbps(codes, config.codebook_size, config.frame_rate)
         row.update(codebook_health(codes, config.codebook_size))
         rows.append(row)
     return rows
@@ -69,10 +80,11 @@ def evaluate_unquantized(model, clips: list[np.ndarray]) -> dict:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'kbps':>5} {'PESQ':>6} {'STOI':>6} {'mel dist':>9} {'SI-SDR':>7} {'util':>5}"]
+    """`evaluate_codec`'s rows as a text table; `H kbps` is the entropy-coded rate estimate (`entropy_kbps`)."""
+    lines = [f"{'kbps':>5} {'PESQ':>6} {'STOI':>6} {'mel dist':>9} {'SI-SDR':>7} {'util':>5} {'H kbps':>6}"]
     for r in rows:
         lines.append(f"{r['kbps']:>5g} {r['pesq']:>6.3f} {r['stoi']:>6.3f} {r['mel_distance']:>9.3f} "
-                     f"{r['si_sdr']:>7.2f} {r['utilization']:>5.3f}")  # fmt: skip
+                     f"{r['si_sdr']:>7.2f} {r['utilization']:>5.3f} {r['entropy_kbps']:>6.2f}")  # fmt: skip
     return "\n".join(lines)
 
 

@@ -269,8 +269,8 @@ class EscTrainer:
         self.history.append({"step": self.step, **rows[-1]})
         write_csv(self.history, out / "eval_history.csv")
         plot_val_curve(self.history, out / "val_curve.png", self.args.warm_start_steps)
-        acc.log({f"eval/{k}_{r['kbps']:g}kbps": r[k] for r in rows for k in ("pesq", "stoi", "mel_distance", "si_sdr")},
-                step=self.step)  # fmt: skip
+        metrics = ("pesq", "stoi", "mel_distance", "si_sdr", "entropy_kbps")
+        acc.log({f"eval/{k}_{r['kbps']:g}kbps": r[k] for r in rows for k in metrics}, step=self.step)
         acc.log({f"eval/codes_used_stream{s}": usage for s, usage in stream_usage(rows[-1]).items()}, step=self.step)
         health = format_codebook_health(rows[-1], self.config.codebook_size)
         tqdm.write(f"step {self.step}:\n{format_table(rows)}\n{health}")
