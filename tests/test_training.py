@@ -146,7 +146,7 @@ def test_output_folder_and_evaluation_files(tmp_path, speech_dir):
     assert (run / "rate_distortion.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_val_curve_through_the_switch_ramp_and_continuing_from_weights(tmp_path, speech_dir):
+def test_val_curve_through_the_switch_ramp_and_continuing_from_weights(tmp_path, speech_dir, capsys):
     EscTrainer(tiny_args(tmp_path, speech_dir, "--max-steps", "4", "--warm-start-steps", "2", "--eval-every", "1",
                          "--log-every", "1", "--switch-warmup-steps", "2")).train()  # fmt: skip
     run = tmp_path / "run"
@@ -159,9 +159,12 @@ def test_val_curve_through_the_switch_ramp_and_continuing_from_weights(tmp_path,
     assert lrs == pytest.approx({1: 1e-3, 2: 1e-3, 3: 1e-3 / 3, 4: 2e-3 / 3})  # the ramp after the switch
 
     more = EscTrainer(tiny_args(tmp_path / "more", speech_dir, "--max-steps", "6", "--warm-start-steps", "2",
-                                "--log-every", "1", "--init-from", str(run / "final"), "--init-step", "4"))  # fmt: skip
+                                "--log-every", "1", "--init-from", str(run / "final"), "--init-step", "4",
+                                "--resume"))  # fmt: skip
     assert more.step == 4 and more.switched
     more.train()
+    # --resume with no checkpoint yet (the first launch of a resumable command) starts from the given weights
+    assert f"starting from {run / 'final'} at step 4" in capsys.readouterr().out
     log = [json.loads(line)["step"] for line in (tmp_path / "more" / "run" / "train_log.jsonl").read_text().splitlines()]
     assert log == [5, 6]
     with pytest.raises(ValueError, match="--init_from"):

@@ -230,7 +230,9 @@ class EscTrainer:
     def _resume(self):
         latest = self.latest_checkpoint()
         if latest is None:
-            self.accelerator.print(f"no checkpoint in {self.checkpoint_dir}: starting from scratch")
+            start = (f"from {self.args.init_from} at step {self.step}" if self.args.init_from
+                     else "from scratch")  # fmt: skip
+            self.accelerator.print(f"no checkpoint in {self.checkpoint_dir}: starting {start}")
             return
         self.accelerator.load_state(str(latest))
         state = json.loads((latest / "trainer_state.json").read_text())
