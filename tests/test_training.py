@@ -170,6 +170,18 @@ def test_val_curve_through_the_switch_ramp_and_continuing_from_weights(tmp_path,
     with pytest.raises(ValueError, match="--init_from"):
         parse_arguments(["--data-dir", "x", "--init-step", "3"])
 
+    # --restart_schedule: a new cosine cycle from step 4 (warm-up from 0, peak, then down), where the run's own
+    # schedule would be three steps from its end
+    again = tmp_path / "again"
+    EscTrainer(tiny_args(again, speech_dir, "--max-steps", "7", "--warm-start-steps", "2", "--log-every", "1",
+                         "--init-from", str(run / "final"), "--init-step", "4", "--restart-schedule",
+                         "--lr-schedule", "cosine", "--lr-warmup-steps", "1")).train()  # fmt: skip
+    lrs = {row["step"]: row["train/lr"] for row in map(json.loads, (again / "run" / "train_log.jsonl").read_text()
+                                                       .splitlines())}  # fmt: skip
+    assert lrs == pytest.approx({5: 0.0, 6: 1e-3, 7: 5e-4})
+    with pytest.raises(ValueError, match="--init_from"):
+        parse_arguments(["--data-dir", "x", "--restart-schedule"])
+
 
 @pytest.mark.parametrize(
     "argv,message",
@@ -199,6 +211,10 @@ def test_recipe_summary_follows_the_config():
                                  "--init-from", "x", "--init-step", "10000"]).recipe_summary()  # fmt: skip
     assert "float32" in continued and "constant schedule" in continued and "bypassed" not in continued
     assert "quantizer dropout 0.25, dead-code revival (codebook entries unused for 100 steps" in continued
+    cycle = parse_arguments(["--config", str(configs / "esc-base-cpu-cycle.yaml"), "--data-dir", "-",
+                             "--init-from", "x", "--init-step", "10000"]).recipe_summary()  # fmt: skip
+    assert "(lr 0.0003, 100 warm-up steps, cosine schedule restarted at step 10,000)" in cycle
+    assert "quantizer dropout 0.75;" in cycle and "revival" not in cycle
     weighted = parse_arguments(["--data-dir", "-", "--phase-weight", "0.5", "--adversarial"]).recipe_summary()
     assert "anti-wrapping phase (weight 0.5)" in weighted and weighted.endswith("DAC's discriminators")
 

@@ -41,6 +41,11 @@ class TrainingArguments:
     adam_beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
     lr_schedule: str = field(default="constant", metadata={"help": "constant, cosine or linear (transformers)"})
     lr_warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up steps"})
+    restart_schedule: bool = field(default=False, metadata={"help": "with --init_from: run --lr_schedule afresh from "
+                                                                   "--init_step to --max_steps, warm-up included (a "
+                                                                   "new cycle for finished weights, whose optimizer "
+                                                                   "moments are fresh); else it goes on from where "
+                                                                   "--init_step is on it"})
     switch_warmup_steps: int = field(default=0, metadata={"help": "linear learning-rate warm-up again after the "
                                                                   "VQ switch (fresh optimizer moments)"})
     max_grad_norm: float = field(default=0.5, metadata={"help": "gradient clipping (global L2 norm)"})
@@ -96,6 +101,8 @@ class TrainingArguments:
                 raise ValueError(f"{name} must be at least 1")
         if self.init_step and not self.init_from:
             raise ValueError("--init_step continues the weights of --init_from; give --init_from too")
+        if self.restart_schedule and not self.init_from:
+            raise ValueError("--restart_schedule starts a new cycle for the weights of --init_from; give --init_from")
         if not 0 <= self.init_step < self.max_steps:
             raise ValueError(f"init_step must be in [0, max_steps), got {self.init_step}")
         if self.lr_warmup_steps < 0 or self.switch_warmup_steps < 0:
@@ -114,7 +121,8 @@ class TrainingArguments:
         the config that was run)."""
         precision = {"no": "float32", "bf16": "bf16 autocast", "fp16": "fp16 autocast"}[self.mixed_precision]
         warmup = f"{self.lr_warmup_steps} warm-up steps, " if self.lr_warmup_steps else ""
-        optimizer = f"AdamW (lr {self.learning_rate:g}, {warmup}{self.lr_schedule} schedule)"
+        cycle = f" restarted at step {self.init_step:,}" if self.restart_schedule else ""
+        optimizer = f"AdamW (lr {self.learning_rate:g}, {warmup}{self.lr_schedule} schedule{cycle})"
         vq = f"VQ with quantizer dropout {self.quantizer_dropout:g}"
         if self.warm_start_steps > self.init_step:
             ramp = f" and a {self.switch_warmup_steps}-step ramp" if self.switch_warmup_steps else ""

@@ -104,7 +104,14 @@ class EscTrainer:
                                complex_weight=args.complex_weight)  # fmt: skip
         self.crop_length = valid_crop_length(args.crop_seconds, self.config.sampling_rate,
                                              self.config.samples_per_code_frame, self.config.hop_length)  # fmt: skip
-        self.lr_multiplier = lr_multiplier(args.lr_schedule, args.lr_warmup_steps, args.max_steps)
+        if args.restart_schedule:
+            # Fresh AdamW moments after weights that finished a cosine at lr 0: a constant lr with no warm-up costs
+            # the continued model quality for hundreds of steps (docs/training_study.md); a new cycle ramps up
+            # from 0 and ends annealed at --max_steps.
+            cycle = lr_multiplier(args.lr_schedule, args.lr_warmup_steps, args.max_steps - args.init_step)
+            self.lr_multiplier = lambda step: cycle(step - args.init_step)
+        else:
+            self.lr_multiplier = lr_multiplier(args.lr_schedule, args.lr_warmup_steps, args.max_steps)
         # --init_step continues a run from its saved weights alone, with a fresh optimizer (as at the VQ switch).
         self.step, self.best_pesq = args.init_step, -math.inf
         self.switched = args.warm_start_steps <= args.init_step
