@@ -6,7 +6,7 @@ the validation clips, curves and a model card that says how it was made.
         --output checkpoints/esc-base --command "python examples/train.py ... --data_dir data/speech/train ..." \
         --hardware "2-core Xeon, bf16" --wall-time "2 h 10 min"
 
-The card's command block shows the data step (`DATA_COMMAND`) first, then `--command`.
+The card's command block shows the data step (`DATA_COMMAND`) first, then each `--command` in order.
 
 A run that continued a shipped checkpoint (`--init_from`) is packaged with `--base` (that folder) and
 `--base-config` (its recipe): the card describes both stages, and the base's validation history and training log
@@ -106,7 +106,9 @@ def main() -> None:
     parser.add_argument("--train", type=Path, required=True, help="training clips (the .esc v2 entropy tables)")
     parser.add_argument("--output", type=Path, required=True)
     parser.add_argument("--config", default="examples/configs/esc-base-cpu.yaml", help="the recipe")
-    parser.add_argument("--command", required=True, help="the exact training command(s)")
+    parser.add_argument("--command", required=True, action="append",
+                        help="the exact training command; repeat it for each stage (with --base, the base's first), "
+                             "or to add a '# ...' comment line")  # fmt: skip
     parser.add_argument("--hardware", required=True)
     parser.add_argument("--wall-time", required=True)
     parser.add_argument("--note", default="", help="what the numbers mean, how far from the target")
@@ -157,13 +159,14 @@ def main() -> None:
                       f"({base_recipe.recipe_summary()});\n2. steps {base_step + 1:,}–{state['step']:,} continued "
                       f"from those weights (`--init_from`, `--init_step {base_step}`, fresh optimizer moments), "
                       f"recipe `{args.config}` ({recipe.recipe_summary()}).")  # fmt: skip
+        commands = "\n".join(args.command)
         training = (
             f"{DATA}\n## Training\n\nTrained with `esc_hf`'s own trainer for **{state['step']:,} steps** "
             f"({state['step'] * seconds / 3600:.1f} h of audio seen) on {args.hardware}, "
             f"{args.wall_time} of wall time. {stages}\n\n"
             "The exact commands (the first downloads the two Debian packages, about 200 MB, and rebuilds the data "
             "set, checking every file's length against the manifests):\n\n"
-            f"```bash\n{DATA_COMMAND}\n{args.command}\n```\n\n"
+            f"```bash\n{DATA_COMMAND}\n{commands}\n```\n\n"
             "Continue it anywhere (a GPU is ~100× faster) with `--init_from` this folder and `--init_step "
             f"{state['step']}` (fresh optimizer moments, as at the VQ switch), or start over with the config.\n\n"
             f"## Evaluation\n\n{len(clips)} validation clips "
