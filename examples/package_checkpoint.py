@@ -8,9 +8,10 @@ the validation clips, curves and a model card that says how it was made.
 
 The card's command block shows the data step (`DATA_COMMAND`) first, then each `--command` in order.
 
-A run that continued a shipped checkpoint (`--init_from`) is packaged with `--base` (that folder) and
-`--base-config` (its recipe): the card describes both stages, and the base's validation history and training log
-are put before the run's, so that the curves start at step 0.
+A run that continued a shipped checkpoint (`--init_from`) is packaged with `--base` (that folder) and, for each
+stage that made it, in order, `--base-config` (the stage's recipe) and `--base-step` (the step it ended at; the last
+is the run's `--init_step`): the card describes every stage, and the base's validation history and training log are
+put before the run's, so that the curves start at step 0.
 
 The folder is written beside `--output` and renamed into place when complete.
 """
@@ -86,6 +87,24 @@ def _recipe(config: str, **flags: str):
     return parse_arguments(argv)
 
 
+def _stages(configs: list[str], ends: list[int]) -> tuple[str, float]:
+    """The card's description of the training stages (stage k ran steps ends[k-1]+1 to ends[k] with configs[k], each
+    after the first continued from the previous one's weights) and the seconds of audio per step, averaged."""
+    lines, audio, start = [], 0.0, 0
+    for number, (config, end) in enumerate(zip(configs, ends), 1):
+        # max_steps as run (a cycle's config names the step its first cycle ended at; later ones pass --max_steps)
+        recipe = _recipe(config, max_steps=str(end), **({"init_from": "-", "init_step": str(start)} if start else {}))
+        audio += (end - start) * recipe.batch_size * recipe.crop_seconds
+        origin = ("from scratch" if not start else f"continued from those weights (`--init_from`, `--init_step "
+                  f"{start}`, fresh optimizer moments)")  # fmt: skip
+        lines.append(f"{number}. steps {start + 1:,}–{end:,} {origin}, recipe `{config}` ({recipe.recipe_summary()})")
+        start = end
+    if len(lines) == 1:
+        return f"Recipe: `{configs[0]}` ({_recipe(configs[0]).recipe_summary()}).", audio / ends[-1]
+    count = {2: "Two", 3: "Three", 4: "Four", 5: "Five"}.get(len(lines), str(len(lines)))
+    return f"{count} stages:\n\n" + ";\n".join(lines) + ".", audio / ends[-1]
+
+
 def _merged_history(base: Path, run: Path, base_step: int, tmp: Path, warm_start_steps: int) -> None:
     """The base's eval_history.csv and train_log.jsonl (to `base_step`), then the run's, written into `tmp`, with
     the validation curve drawn over both."""
@@ -101,7 +120,8 @@ def _merged_history(base: Path, run: Path, base_step: int, tmp: Path, warm_start
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--run", type=Path, required=True, help="training output folder (its latest checkpoint is shipped)")
+    parser.add_argument("--run", type=Path, required=True,
+                        help="training output folder (its latest checkpoint is shipped)")
     parser.add_argument("--val", type=Path, required=True, help="validation clips")
     parser.add_argument("--train", type=Path, required=True, help="training clips (the .esc v2 entropy tables)")
     parser.add_argument("--output", type=Path, required=True)
@@ -114,19 +134,24 @@ def main() -> None:
     parser.add_argument("--note", default="", help="what the numbers mean, how far from the target")
     parser.add_argument("--limit", type=int, help="evaluate on the first N clips only (a quick look)")
     parser.add_argument("--base", type=Path, help="the shipped folder the run continued (its --init_from)")
-    parser.add_argument("--base-config", help="with --base: the recipe that trained it")
-    parser.add_argument("--base-step", type=int, help="with --base: the step it had reached (the run's --init_step)")
+    parser.add_argument("--base-config", action="append", default=[],
+                        help="with --base: the recipe of a stage that made it; repeat it for each stage, in order")
+    parser.add_argument("--base-step", action="append", type=int, default=[],
+                        help="with --base: the step that stage ended at (the last is the run's --init_step)")
     args = parser.parse_args()
-    if len({args.base is None, args.base_config is None, args.base_step is None}) > 1:
+    if len({args.base is None, not args.base_config, not args.base_step}) > 1:
         parser.error("--base, --base-config and --base-step go together")
-    if args.base_step is not None and args.base_step < 1:
-        parser.error("--base-step must be at least 1")
+    if len(args.base_config) != len(args.base_step):
+        parser.error("give one --base-step for each --base-config")
+    if any(b <= a for a, b in zip([0, *args.base_step], args.base_step)):
+        parser.error("--base-step values must be at least 1 and increasing")
 
     # The latest complete checkpoint of the run (a stopped run has no final/ folder).
     latest = max((args.run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
     state = json.loads((latest / "trainer_state.json").read_text())
-    base_step = args.base_step or 0
-    recipe = _recipe(args.config, **({"init_from": str(args.base), "init_step": str(base_step)} if base_step else {}))
+    base_step = args.base_step[-1] if args.base_step else 0
+    recipe = _recipe(args.config, max_steps=str(state["step"]),
+                     **({"init_from": str(args.base), "init_step": str(base_step)} if base_step else {}))
     model = EscModel(recipe.model_config())
     model.load_state_dict(load_file(str(latest / "model.safetensors")))
     model.eval()
@@ -139,7 +164,7 @@ def main() -> None:
         (tmp / "compare.csv").rename(tmp / "eval_per_clip.csv")
         (tmp / "summary.csv").rename(tmp / "eval.csv")
         if args.base is not None:
-            _merged_history(args.base, args.run, base_step, tmp, _recipe(args.base_config).warm_start_steps)
+            _merged_history(args.base, args.run, base_step, tmp, _recipe(args.base_config[0]).warm_start_steps)
         else:
             for name in ("val_curve.png", "eval_history.csv", "train_log.jsonl"):
                 if (args.run / name).exists():
@@ -148,18 +173,12 @@ def main() -> None:
         clips = compare_codecs.load_clips(args.val, args.limit, None)
         bf16 = bench_bf16_quality.measure(model, clips, [1.5, 9.0])
         write_csv(bf16, tmp / "bf16_quality.csv")
-        seconds = recipe.batch_size * recipe.crop_seconds
-        if args.base is None:
-            stages = f"Recipe: `{args.config}` ({recipe.recipe_summary()})."
-        else:
-            base_recipe = _recipe(args.base_config)
-            seconds = (base_step * base_recipe.batch_size * base_recipe.crop_seconds
-                       + (state["step"] - base_step) * seconds) / state["step"]  # fmt: skip
-            stages = (f"Two stages:\n\n1. steps 1–{base_step:,} from scratch, recipe `{args.base_config}` "
-                      f"({base_recipe.recipe_summary()});\n2. steps {base_step + 1:,}–{state['step']:,} continued "
-                      f"from those weights (`--init_from`, `--init_step {base_step}`, fresh optimizer moments), "
-                      f"recipe `{args.config}` ({recipe.recipe_summary()}).")  # fmt: skip
+        stages, seconds = _stages([*args.base_config, args.config], [*args.base_step, state["step"]])
         commands = "\n".join(args.command)
+        next_cycle = ""
+        if recipe.restart_schedule:  # the same number of steps again, in a new cycle
+            next_cycle = (f"; on a CPU, another cycle: `--config {args.config} --init_step {state['step']} "
+                          f"--max_steps {2 * state['step'] - base_step}`")  # fmt: skip
         training = (
             f"{DATA}\n## Training\n\nTrained with `esc_hf`'s own trainer for **{state['step']:,} steps** "
             f"({state['step'] * seconds / 3600:.1f} h of audio seen) on {args.hardware}, "
@@ -168,15 +187,16 @@ def main() -> None:
             "set, checking every file's length against the manifests):\n\n"
             f"```bash\n{DATA_COMMAND}\n{commands}\n```\n\n"
             "Continue it anywhere (a GPU is ~100× faster) with `--init_from` this folder and `--init_step "
-            f"{state['step']}` (fresh optimizer moments, as at the VQ switch), or start over with the config.\n\n"
+            f"{state['step']}` (fresh optimizer moments, as at the VQ switch{next_cycle}), or start over with the "
+            "config.\n\n"
             f"## Evaluation\n\n{len(clips)} validation clips "
             f"(`benchmarks/compare_codecs.py`, same clips for every codec; ESC through its real `.esc` bitstream):\n\n"
             f"{_table(summary)}\n\n{args.note}\n\n"
             "### Opt-in bf16 backbone\n\n`model.set_backbone_dtype(torch.bfloat16)` (the faster CPU/GPU path of "
             "`benchmarks/bench_codec.py`) on the same clips, each path decoding its own codes "
             f"(`benchmarks/bench_bf16_quality.py`; `bf16_quality.csv`):\n\n{_bf16_table(bf16)}\n\n"
-            "`eval.csv` (means), `eval_per_clip.csv`, `rate_distortion.png` (all codecs) and `val_curve.png` (validation "
-            "during training; `eval_history.csv`, `train_log.jsonl`) are in this folder, with "
+            "`eval.csv` (means), `eval_per_clip.csv`, `rate_distortion.png` (all codecs) and `val_curve.png` "
+            "(validation during training; `eval_history.csv`, `train_log.jsonl`) are in this folder, with "
             "`entropy_model.safetensors`: the `.esc` v2 entropy-coding tables, fitted on the training clips' codes by "
             "`examples/fit_entropy_model.py`.\n"
         )

@@ -12,9 +12,10 @@ the audio (ids, texts; `file` for a folder), `source_index` (the row of the sour
 Codes equal `model.encode` of each item alone (see `esc_hf.codec.dataset_codes`).
 
 Work is cut into shards of `--shard-size` rows; process p of N takes shards p, p + N, …, encodes each shard as one
-`encode_batch` call (which groups the whole shard by padded length, for full model calls) and writes it atomically. A run that was killed finishes the missing shards when
-started again with the same command; a finished output is left as it is. `--verify K` re-encodes K random rows
-from the source alone and checks their codes, and reports how close their decoded audio is to the source.
+`encode_batch` call (which groups the whole shard by padded length, for full model calls) and writes it
+atomically. A run that was killed finishes the missing shards when started again with the same command; a finished
+output is left as it is. `--verify K` re-encodes K random rows from the source alone and checks their codes, and
+reports how close their decoded audio is to the source.
 """
 
 import argparse
@@ -148,12 +149,23 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
     from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    try:
+        return tokenize(args, accelerator)
+    finally:
+        # Without this, gloo's threads outlive the interpreter's teardown and a process can abort at exit
+        # ("terminate called without an active exception"), failing a launch whose work was all done.
+        accelerator.end_training()
+
+
+def tokenize(args, accelerator) -> int:
+    import torch
     from accelerate.utils import gather_object
 
     from esc_hf import load_model
     from esc_hf.codec.dataset_codes import dataset_fingerprints, encode_batch
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     output = Path(args.output)
     try:
         model = load_model(args.model).to(accelerator.device).eval()

@@ -1,0 +1,100 @@
+"""examples/package_checkpoint.py: a run that continued the shipped checkpoint becomes a complete checkpoint folder
+whose card describes every stage that made it, with the histories of all of them."""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from safetensors.torch import load_file
+
+from conftest import SPEECH, run_script
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "examples" / "package_checkpoint.py"
+SHIPPED = ROOT / "checkpoints" / "esc-base"
+CLIPS = ROOT / "tests" / "data"
+STAGES = ["--base", SHIPPED, "--base-config", "examples/configs/esc-base-cpu.yaml", "--base-step", 10000,
+          "--base-config", "examples/configs/esc-base-cpu-cycle.yaml", "--base-step", 11600]  # fmt: skip
+
+
+def shipped_step() -> int:
+    with (SHIPPED / "eval_history.csv").open() as handle:
+        return max(int(row["step"]) for row in csv.DictReader(handle))
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run folder as the trainer leaves it after two steps past the shipped weights (a third cycle)."""
+    if shipped_step() != 11600:
+        pytest.skip("the stages below describe the step-11,600 checkpoint")
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoints" / "step-00011602"
+    checkpoint.mkdir(parents=True)
+    shutil.copy(SHIPPED / "model.safetensors", checkpoint)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 11602, "switched": True}))
+    with (SHIPPED / "eval_history.csv").open() as handle:
+        reader = csv.DictReader(handle)
+        last = list(reader)[-1]
+        fields = reader.fieldnames
+    with (run / "eval_history.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fields)
+        writer.writeheader()
+        writer.writerow({**last, "step": "11602"})
+    (run / "train_log.jsonl").write_text(json.dumps({"step": 11602, "train/loss": 1.7}) + "\n")
+    # The entropy tables are fitted on at least ten clips: pieces of the test clips.
+    train = run / "train"
+    train.mkdir()
+    for path in SPEECH:
+        audio, rate = sf.read(str(path), dtype="float32")
+        for piece, start in enumerate(range(0, 5 * audio.size // 6, audio.size // 6)):
+            sf.write(str(train / f"{path.stem}-{piece}.flac"), audio[start : start + audio.size // 3], rate)
+    return run
+
+
+def package(run: Path, output: Path, *extra, capsys) -> tuple[int, str]:
+    code, _, err = run_script(SCRIPT, "--run", run, "--val", CLIPS, "--train", run / "train", "--output", output,
+                              "--config", "examples/configs/esc-base-cpu-cycle.yaml", "--command", "first",
+                              "--command", "second", "--command", "third", "--hardware", "a test machine",
+                              "--wall-time", "no time", *extra, capsys=capsys, cwd=ROOT)  # fmt: skip
+    return code, err
+
+
+def test_a_third_stage_is_described_after_the_first_two(run, tmp_path, capsys):
+    output = tmp_path / "esc-base"
+    code, err = package(run, output, *STAGES, capsys=capsys)
+    assert code == 0, err[-3000:]
+    card = (output / "README.md").read_text()
+    assert "Three stages:" in card and "**11,602 steps**" in card
+    assert "1. steps 1–10,000 from scratch, recipe `examples/configs/esc-base-cpu.yaml`" in card
+    assert "2. steps 10,001–11,600 continued from those weights (`--init_from`, `--init_step 10000`" in card
+    assert "3. steps 11,601–11,602 continued from those weights (`--init_from`, `--init_step 11600`" in card
+    assert "cosine schedule restarted at step 10,000" in card and "cosine schedule restarted at step 11,600" in card
+    assert "first\nsecond\nthird\n```" in card
+    hint = "another cycle: `--config examples/configs/esc-base-cpu-cycle.yaml --init_step 11602 --max_steps 11604`"
+    assert hint in card
+    with (output / "eval_history.csv").open() as handle:
+        steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    assert steps == sorted(steps) and steps[-2:] == [11600, 11602] and 10000 in steps
+    log = [json.loads(line)["step"] for line in (output / "train_log.jsonl").read_text().splitlines()]
+    assert log[-2:] == [11600, 11602]
+    weights = load_file(str(output / "model.safetensors"))
+    shipped = load_file(str(SHIPPED / "model.safetensors"))
+    assert weights.keys() == shipped.keys() and all(weights[k].equal(shipped[k]) for k in weights)
+    assert (output / "entropy_model.safetensors").exists() and (output / "val_curve.png").exists()
+    assert not list(tmp_path.glob(".*tmp*"))  # written beside --output and renamed
+
+
+@pytest.mark.parametrize("stages, message", [
+    (["--base", SHIPPED, "--base-config", "examples/configs/esc-base-cpu.yaml"], "go together"),
+    ([*STAGES, "--base-config", "examples/configs/esc-base-cpu-cycle.yaml"], "one --base-step for each"),
+    (["--base", SHIPPED, "--base-config", "a.yaml", "--base-step", 11600, "--base-config", "b.yaml", "--base-step",
+      10000], "increasing"),
+    (["--base", SHIPPED, "--base-config", "a.yaml", "--base-step", 0], "at least 1"),
+])  # fmt: skip
+def test_stages_that_do_not_add_up_are_refused(tmp_path, stages, message, capsys):
+    code, err = package(tmp_path / "run", tmp_path / "out", *stages, capsys=capsys)
+    assert code == 2 and message in err and not (tmp_path / "out").exists()
