@@ -17,8 +17,6 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "package_checkpoint.py"
 SHIPPED = ROOT / "checkpoints" / "esc-base"
 CLIPS = ROOT / "tests" / "data"
-STAGES = ["--base", SHIPPED, "--base-config", "examples/configs/esc-base-cpu.yaml", "--base-step", 10000,
-          "--base-config", "examples/configs/esc-base-cpu-cycle.yaml", "--base-step", 11600]  # fmt: skip
 
 
 def shipped_step() -> int:
@@ -26,16 +24,20 @@ def shipped_step() -> int:
         return max(int(row["step"]) for row in csv.DictReader(handle))
 
 
+# The shipped weights as the end of a second stage (whatever cycles made them) that a third continued.
+END = shipped_step()
+STAGES = ["--base", SHIPPED, "--base-config", "examples/configs/esc-base-cpu.yaml", "--base-step", 10000,
+          "--base-config", "examples/configs/esc-base-cpu-cycle.yaml", "--base-step", END]  # fmt: skip
+
+
 @pytest.fixture
 def run(tmp_path):
-    """A run folder as the trainer leaves it after two steps past the shipped weights (a third cycle)."""
-    if shipped_step() != 11600:
-        pytest.skip("the stages below describe the step-11,600 checkpoint")
+    """A run folder as the trainer leaves it two steps past the shipped weights (a third cycle)."""
     run = tmp_path / "run"
-    checkpoint = run / "checkpoints" / "step-00011602"
+    checkpoint = run / "checkpoints" / f"step-{END + 2:08d}"
     checkpoint.mkdir(parents=True)
     shutil.copy(SHIPPED / "model.safetensors", checkpoint)
-    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": 11602, "switched": True}))
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": END + 2, "switched": True}))
     with (SHIPPED / "eval_history.csv").open() as handle:
         reader = csv.DictReader(handle)
         last = list(reader)[-1]
@@ -43,8 +45,8 @@ def run(tmp_path):
     with (run / "eval_history.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fields)
         writer.writeheader()
-        writer.writerow({**last, "step": "11602"})
-    (run / "train_log.jsonl").write_text(json.dumps({"step": 11602, "train/loss": 1.7}) + "\n")
+        writer.writerow({**last, "step": str(END + 2)})
+    (run / "train_log.jsonl").write_text(json.dumps({"step": END + 2, "train/loss": 1.7}) + "\n")
     # The entropy tables are fitted on at least ten clips: pieces of the test clips.
     train = run / "train"
     train.mkdir()
@@ -68,19 +70,19 @@ def test_a_third_stage_is_described_after_the_first_two(run, tmp_path, capsys):
     code, err = package(run, output, *STAGES, capsys=capsys)
     assert code == 0, err[-3000:]
     card = (output / "README.md").read_text()
-    assert "Three stages:" in card and "**11,602 steps**" in card
+    assert "Three stages:" in card and f"**{END + 2:,} steps**" in card
     assert "1. steps 1–10,000 from scratch, recipe `examples/configs/esc-base-cpu.yaml`" in card
-    assert "2. steps 10,001–11,600 continued from those weights (`--init_from`, `--init_step 10000`" in card
-    assert "3. steps 11,601–11,602 continued from those weights (`--init_from`, `--init_step 11600`" in card
-    assert "cosine schedule restarted at step 10,000" in card and "cosine schedule restarted at step 11,600" in card
+    assert f"2. steps 10,001–{END:,} continued from those weights (`--init_from`, `--init_step 10000`" in card
+    assert f"3. steps {END + 1:,}–{END + 2:,} continued from those weights (`--init_from`, `--init_step {END}`" in card
+    assert "cosine schedule restarted at step 10,000" in card and f"cosine schedule restarted at step {END:,}" in card
     assert "first\nsecond\nthird\n```" in card
-    hint = "another cycle: `--config examples/configs/esc-base-cpu-cycle.yaml --init_step 11602 --max_steps 11604`"
-    assert hint in card
+    hint = f"another cycle: `--config examples/configs/esc-base-cpu-cycle.yaml --init_step {END + 2} --max_steps"
+    assert f"{hint} {END + 4}`" in card
     with (output / "eval_history.csv").open() as handle:
         steps = [int(row["step"]) for row in csv.DictReader(handle)]
-    assert steps == sorted(steps) and steps[-2:] == [11600, 11602] and 10000 in steps
+    assert steps == sorted(steps) and steps[-2:] == [END, END + 2] and 10000 in steps
     log = [json.loads(line)["step"] for line in (output / "train_log.jsonl").read_text().splitlines()]
-    assert log[-2:] == [11600, 11602]
+    assert log[-2:] == [END, END + 2]
     weights = load_file(str(output / "model.safetensors"))
     shipped = load_file(str(SHIPPED / "model.safetensors"))
     assert weights.keys() == shipped.keys() and all(weights[k].equal(shipped[k]) for k in weights)
@@ -91,7 +93,7 @@ def test_a_third_stage_is_described_after_the_first_two(run, tmp_path, capsys):
 @pytest.mark.parametrize("stages, message", [
     (["--base", SHIPPED, "--base-config", "examples/configs/esc-base-cpu.yaml"], "go together"),
     ([*STAGES, "--base-config", "examples/configs/esc-base-cpu-cycle.yaml"], "one --base-step for each"),
-    (["--base", SHIPPED, "--base-config", "a.yaml", "--base-step", 11600, "--base-config", "b.yaml", "--base-step",
+    (["--base", SHIPPED, "--base-config", "a.yaml", "--base-step", END, "--base-config", "b.yaml", "--base-step",
       10000], "increasing"),
     (["--base", SHIPPED, "--base-config", "a.yaml", "--base-step", 0], "at least 1"),
 ])  # fmt: skip
