@@ -100,7 +100,7 @@ def _stages(configs: list[str], ends: list[int]) -> tuple[str, float]:
         lines.append(f"{number}. steps {start + 1:,}–{end:,} {origin}, recipe `{config}` ({recipe.recipe_summary()})")
         start = end
     if len(lines) == 1:
-        return f"Recipe: `{configs[0]}` ({_recipe(configs[0]).recipe_summary()}).", audio / ends[-1]
+        return f"Recipe: `{configs[0]}` ({recipe.recipe_summary()}).", audio / ends[-1]
     count = {2: "Two", 3: "Three", 4: "Four", 5: "Five"}.get(len(lines), str(len(lines)))
     return f"{count} stages:\n\n" + ";\n".join(lines) + ".", audio / ends[-1]
 
