@@ -1,7 +1,6 @@
 """examples/package_checkpoint.py: a run that continued the shipped checkpoint becomes a complete checkpoint folder
 whose card describes every stage that made it, with the histories of all of them."""
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -11,6 +10,7 @@ import soundfile as sf
 from safetensors.torch import load_file
 
 from conftest import SPEECH, run_script
+from esc_hf.training.evaluation import read_history, write_csv
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,13 +19,9 @@ SHIPPED = ROOT / "checkpoints" / "esc-base"
 CLIPS = ROOT / "tests" / "data"
 
 
-def shipped_step() -> int:
-    with (SHIPPED / "eval_history.csv").open() as handle:
-        return max(int(row["step"]) for row in csv.DictReader(handle))
-
-
 # The shipped weights as the end of a second stage (whatever cycles made them) that a third continued.
-END = shipped_step()
+HISTORY = read_history(SHIPPED / "eval_history.csv")
+END = HISTORY[-1]["step"]
 STAGES = ["--base", SHIPPED, "--base-config", "examples/configs/esc-base-cpu.yaml", "--base-step", 10000,
           "--base-config", "examples/configs/esc-base-cpu-cycle.yaml", "--base-step", END]  # fmt: skip
 
@@ -38,14 +34,7 @@ def run(tmp_path):
     checkpoint.mkdir(parents=True)
     shutil.copy(SHIPPED / "model.safetensors", checkpoint)
     (checkpoint / "trainer_state.json").write_text(json.dumps({"step": END + 2, "switched": True}))
-    with (SHIPPED / "eval_history.csv").open() as handle:
-        reader = csv.DictReader(handle)
-        last = list(reader)[-1]
-        fields = reader.fieldnames
-    with (run / "eval_history.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fields)
-        writer.writeheader()
-        writer.writerow({**last, "step": str(END + 2)})
+    write_csv([{**HISTORY[-1], "step": END + 2}], run / "eval_history.csv")
     (run / "train_log.jsonl").write_text(json.dumps({"step": END + 2, "train/loss": 1.7}) + "\n")
     # The entropy tables are fitted on at least ten clips: pieces of the test clips.
     train = run / "train"
@@ -78,8 +67,7 @@ def test_a_third_stage_is_described_after_the_first_two(run, tmp_path, capsys):
     assert "first\nsecond\nthird\n```" in card
     hint = f"another cycle: `--config examples/configs/esc-base-cpu-cycle.yaml --init_step {END + 2} --max_steps"
     assert f"{hint} {END + 4}`" in card
-    with (output / "eval_history.csv").open() as handle:
-        steps = [int(row["step"]) for row in csv.DictReader(handle)]
+    steps = [row["step"] for row in read_history(output / "eval_history.csv")]
     assert steps == sorted(steps) and steps[-2:] == [END, END + 2] and 10000 in steps
     log = [json.loads(line)["step"] for line in (output / "train_log.jsonl").read_text().splitlines()]
     assert log[-2:] == [END, END + 2]
