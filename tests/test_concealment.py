@@ -103,9 +103,12 @@ def speech():
 def test_no_click_or_noise_burst_at_gaps(model, speech):
     """Around every gap, no method plays much louder than the loss-free decode nearby, nor jumps further from one
     sample to the next (`gap_peak_ratio`). On this clip, three loss patterns gave peaks up to 1.19 and steps up to
-    1.40 (a concealed syllable can be a little louder or brighter than its neighbours; on the val clips the worst
-    gaps of 90 % of the clips and conditions are within 1.27 and 1.40, docs/packet_loss.md); a click of 0.2 added
-    at a gap gives steps of 3.0 to 4.0, which the second bound catches (checked below, so that it can fail)."""
+    1.40 with the step-13,000 model, and this pattern peaks of 1.19 / 1.24 / 1.26 (silence / repeat / interpolate)
+    with the step-14,400 one, whose decode reacts more to a gap in its context, silence included (a concealed
+    syllable can be a little louder or brighter than its neighbours; on the val clips the worst gaps of 90 % of the
+    clips and conditions are within 1.27 and 1.40, docs/packet_loss.md). A burst of white noise of 0.2 RMS in one
+    gap gives a peak of 2.07, and a click of 0.2 steps of 3.0 to 4.0: both are checked below, so that each bound
+    can fail."""
     header = EscHeader.for_model(model, 6, frames_per_packet=1)
     with torch.inference_mode():
         codes = model.encode(torch.from_numpy(speech)[None, None]).audio_codes.numpy()
@@ -116,10 +119,14 @@ def test_no_click_or_noise_burst_at_gaps(model, speech):
     for method in ("silence", "repeat", "interpolate"):
         decoded = esc_under_loss(model, header, packets, lost, method, 50)
         assert decoded.size == speech.size
-        assert gap_peak_ratio(decoded, clean, lost, spf) <= 1.25, method
+        assert gap_peak_ratio(decoded, clean, lost, spf) <= 1.3, method
         assert gap_peak_ratio(decoded, clean, lost, spf, steps=True) <= 2.0, method
+    gap = np.flatnonzero(lost)[3] * spf
+    burst = decoded.copy()
+    burst[gap : gap + spf] += 0.2 * np.random.default_rng(0).standard_normal(spf).astype(np.float32)
+    assert gap_peak_ratio(burst, clean, lost, spf) > 1.3
     clicked = decoded.copy()
-    clicked[np.flatnonzero(lost)[3] * spf + 100] += 0.2
+    clicked[gap + 100] += 0.2
     assert gap_peak_ratio(clicked, clean, lost, spf, steps=True) > 2.0
 
 
