@@ -22,9 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "esc-base"
 
 # speech_nl.flac (a validation clip): PESQ-WB and SI-SDR (dB) measured at packaging, minus a small margin.
-# Step 14400 (2026-12-02, a third learning-rate cycle on the step-13000 weights; those gave 1.272 / -13.97 and
-# 1.722 / -9.36): an early-stage codec whose phase is still poorly learned, hence the low SI-SDR.
-MEASURED = {1.5: {"pesq": 1.258, "si_sdr": -12.98}, 9.0: {"pesq": 1.749, "si_sdr": -9.14}}
+# Step 15800 (2026-12-03, a fourth learning-rate cycle on the step-14400 weights; those gave 1.258 / -12.98 and
+# 1.749 / -9.14): an early-stage codec whose phase is still poorly learned, hence the low SI-SDR.
+MEASURED = {1.5: {"pesq": 1.285, "si_sdr": -13.01}, 9.0: {"pesq": 1.843, "si_sdr": -8.77}}
 MARGIN = {"pesq": 0.05, "si_sdr": 0.5}
 
 
