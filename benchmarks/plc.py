@@ -55,7 +55,9 @@ def _plcmos():
         from speechmos import plcmos
     except ImportError:
         return None
-    return lambda audio: float(plcmos.run(audio, sr=16000)["plcmos"])
+    # PLCMOS refuses samples outside [-1, 1], and a decoder's float output can overshoot where a played or
+    # 16-bit file would clip: score what a listener would hear.
+    return lambda audio: float(plcmos.run(np.clip(audio, -1.0, 1.0), sr=16000)["plcmos"])
 
 
 def _pattern(frames: int, condition: str, rate: float, seed: int) -> np.ndarray:
