@@ -71,9 +71,13 @@ def _pattern(frames: int, condition: str, rate: float, seed: int) -> np.ndarray:
 def framing_table(model, files) -> list[dict]:
     """Network packet sizes, wire rates and latencies at 20, 40 and 100 ms; and, measured at 9 kbps on `files`,
     the payload that entropy coding each layer (the `.esc` file tables, plus a length byte per layer but the
-    last) would take instead of bit-packing, as a ratio."""
+    last) would take instead of bit-packing, as a ratio: blank for a model without tables (a training run's
+    folder has none; `examples/package_checkpoint.py` fits them)."""
     config = model.config
     tables = load_entropy_model(model)
+    if tables is None:
+        print("no entropy tables in the model's folder: the entropy-coded payload ratio is left blank")
+        files = []
     codes = []
     for path in files:
         audio, _ = load_audio(path, config.sampling_rate)
@@ -90,6 +94,7 @@ def framing_table(model, files) -> list[dict]:
                 packed += -(-part.size * config.bits_per_codebook // 8)
                 layers = [tables.encode_layer(n, part[n], part[n - 1] if n else None) for n in range(len(part))]
                 coded += sum(map(len, layers)) + len(layers) - 1
+        ratio = round(coded / packed, 3) if codes else ""
         for streams in range(1, config.num_streams + 1):
             size = network_packet_size(_header(model, streams, frames), frames, streams)
             seconds = frames * config.samples_per_code_frame / config.sampling_rate
@@ -97,7 +102,7 @@ def framing_table(model, files) -> list[dict]:
                 "ms_per_packet": round(seconds * 1000), "kbps": streams * 1.5, "bytes_per_packet": size,
                 "framing_bytes": NETWORK_OVERHEAD, "wire_kbps": round(size * 8 / seconds / 1000, 2),
                 "latency_s": round(latency, 3),
-                "entropy_coded_payload_ratio_9kbps": round(coded / packed, 3) if streams == config.num_streams else "",
+                "entropy_coded_payload_ratio_9kbps": ratio if streams == config.num_streams else "",
             })  # fmt: skip
     return rows
 
