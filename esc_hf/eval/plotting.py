@@ -1,5 +1,5 @@
-"""The figures the project draws: rate–distortion curves and training validation curves (matplotlib, PNG, written
-atomically)."""
+"""The figures the project draws: rate–distortion curves, training validation curves and spectrograms (matplotlib,
+PNG, written atomically)."""
 
 from pathlib import Path
 
@@ -105,3 +105,29 @@ def plot_runs(histories: dict[str, list[dict]], path: str | Path, metrics: tuple
         fig.suptitle(title)
     fig.tight_layout()
     _save(fig, path)
+
+
+def spectrogram_db(audio: np.ndarray, n_fft: int = 512, hop: int = 128) -> np.ndarray:
+    """Magnitude STFT of `(samples,)` in dB (Hann window), `(n_fft // 2 + 1, frames)`."""
+    audio = np.pad(audio, (n_fft // 2, n_fft // 2))
+    frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop] * np.hanning(n_fft)
+    return 20 * np.log10(np.abs(np.fft.rfft(frames, axis=-1)).T + 1e-6)
+
+
+def plot_spectrograms(signals: dict[str, np.ndarray], path: str | Path, sampling_rate: int,
+                      range_db: float = 80.0) -> None:  # fmt: skip
+    """One spectrogram per name in `signals` (each `(samples,)`), one under the other on one colour scale: from the
+    first signal's peak down `range_db`, so that the others (decodes of it) are seen as louder or quieter."""
+    plt = _pyplot()
+    spectrograms = {name: spectrogram_db(audio) for name, audio in signals.items()}
+    top = float(next(iter(spectrograms.values())).max())
+    fig, axes = plt.subplots(len(signals), 1, figsize=(10, 2.2 * len(signals)), sharex=True, squeeze=False)
+    for axis, (name, spectrogram) in zip(axes[:, 0], spectrograms.items()):
+        seconds = signals[name].size / sampling_rate
+        axis.imshow(spectrogram, origin="lower", aspect="auto", cmap="magma", vmin=top - range_db, vmax=top,
+                    extent=(0, seconds, 0, sampling_rate / 2000))  # fmt: skip
+        axis.set_ylabel("kHz")
+        axis.set_title(name, fontsize=10)
+    axes[-1, 0].set_xlabel("s")
+    fig.tight_layout()
+    _save(fig, path, dpi=80)

@@ -24,7 +24,7 @@ from ..codec.audio_io import AudioFileError, list_audio_files, load_audio
 from ..utils.atomic_files import atomic_directory
 from .baselines import RATE, CodecUnavailable, all_codecs, code_aligned, curves_by_codec, score, summarize
 from .metrics import METRICS
-from .plotting import LABELS, plot_rate_distortion
+from .plotting import LABELS, plot_rate_distortion, spectrogram_db
 
 DEFAULT_KBPS = (1.5, 3.0, 6.0, 9.0)
 DEFAULT_CODECS = ("opus", "amr-wb")
@@ -43,13 +43,6 @@ def list_clips(in_dir: str | Path) -> list[Path]:
         raise ReportError(str(error)) from None
 
 
-def _spectrogram_db(audio: np.ndarray, n_fft: int = 512, hop: int = 128) -> np.ndarray:
-    """Magnitude STFT in dB, `(n_fft // 2 + 1, frames)`."""
-    audio = np.pad(audio, (n_fft // 2, n_fft // 2))
-    frames = np.lib.stride_tricks.sliding_window_view(audio, n_fft)[::hop] * np.hanning(n_fft)
-    return 20 * np.log10(np.abs(np.fft.rfft(frames, axis=-1)).T + 1e-6)
-
-
 def _save_spectrogram(audio: np.ndarray, path: Path, top_db: float) -> None:
     import matplotlib
 
@@ -58,7 +51,7 @@ def _save_spectrogram(audio: np.ndarray, path: Path, top_db: float) -> None:
 
     figure = plt.figure(figsize=(3.6, 1.5), dpi=80)
     axis = figure.add_axes((0, 0, 1, 1))
-    axis.imshow(_spectrogram_db(audio), origin="lower", aspect="auto", cmap="magma",
+    axis.imshow(spectrogram_db(audio), origin="lower", aspect="auto", cmap="magma",
                 vmin=top_db - SPECTROGRAM_RANGE_DB, vmax=top_db, extent=(0, audio.size / RATE, 0, RATE / 2000))  # fmt: skip
     axis.set_axis_off()
     figure.savefig(path, format="png", pil_kwargs={"optimize": True})
@@ -284,7 +277,7 @@ def make_report(in_dir: str | Path, out_dir: str | Path, model_name: str | None 
             clips_done += 1
             log(f"{name}: {audio.size / RATE:.2f} s")
             stem = f"{index:03d}"
-            top_db = float(_spectrogram_db(audio).max())
+            top_db = float(spectrogram_db(audio).max())
             cards = []
             sf.write(folder / "audio" / f"{stem}-original.flac", audio, RATE, subtype="PCM_16")
             _save_spectrogram(audio, folder / "img" / f"{stem}-original.png", top_db)
