@@ -101,7 +101,8 @@ def _stages(configs: list[str], ends: list[int]) -> tuple[str, float]:
         start = end
     if len(lines) == 1:
         return f"Recipe: `{configs[0]}` ({recipe.recipe_summary()}).", audio / ends[-1]
-    count = {2: "Two", 3: "Three", 4: "Four", 5: "Five"}.get(len(lines), str(len(lines)))
+    words = "Two Three Four Five Six Seven Eight Nine Ten Eleven Twelve".split()
+    count = words[len(lines) - 2] if len(lines) - 2 < len(words) else str(len(lines))
     return f"{count} stages:\n\n" + ";\n".join(lines) + ".", audio / ends[-1]
 
 
