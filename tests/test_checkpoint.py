@@ -22,10 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT / "checkpoints" / "esc-base"
 
 # speech_nl.flac (a validation clip): PESQ-WB and SI-SDR (dB) measured at packaging, minus a small margin.
-# Step 17200 (2026-12-03, a fifth learning-rate cycle on the step-15800 weights; those gave 1.285 / -13.01 and
-# 1.843 / -8.77: this clip is lower at 1.5 kbps while the 78 val clips' mean rose, 1.340 -> 1.355): an early-stage
-# codec whose phase is still poorly learned, hence the low SI-SDR.
-MEASURED = {1.5: {"pesq": 1.251, "si_sdr": -12.89}, 9.0: {"pesq": 1.884, "si_sdr": -8.37}}
+# Step 18600 (2026-12-03, a sixth learning-rate cycle on the step-17200 weights; those gave 1.251 / -12.89 and
+# 1.884 / -8.37): an early-stage codec whose phase is still poorly learned, hence the low SI-SDR.
+MEASURED = {1.5: {"pesq": 1.330, "si_sdr": -10.94}, 9.0: {"pesq": 1.936, "si_sdr": -7.67}}
 MARGIN = {"pesq": 0.05, "si_sdr": 0.5}
 
 
