@@ -100,15 +100,22 @@ def speech():
     return sf.read(str(SPEECH[1]), dtype="float32")[0][:48000]
 
 
+PEAK_BOUND = 1.4
+
+
 def test_no_click_or_noise_burst_at_gaps(model, speech):
     """Around every gap, no method plays much louder than the loss-free decode nearby, nor jumps further from one
-    sample to the next (`gap_peak_ratio`). On this clip, this pattern gave peaks of 1.15 to 1.26 (silence / repeat /
-    interpolate) with the models of steps 14,400 to 17,200, whose decodes react differently to a gap in their
-    context, and 1.08 / 1.08 / 1.13 with the step-18,600 one (three patterns: peaks up to 1.29, with `repeat`, steps
-    up to 1.31). A concealed syllable can be a little louder or brighter than its neighbours; on the
-    val clips the worst gaps of 90 % of the clips and conditions are within 1.27 and 1.42 with interpolation,
-    docs/packet_loss.md. A burst of white noise of 0.2 RMS in one gap gives a peak of 2.15, and a click of 0.2 steps
-    of 3.0 to 4.3: both are checked below, so that each bound can fail."""
+    sample to the next (`gap_peak_ratio`). A concealed syllable can be a little louder or brighter than its
+    neighbours, and so can the received frames next to a gap, which the decoder's context makes react to it: on the
+    val clips, with the models of steps 10,000 to 20,000, the worst gap of 90 % of the clips and conditions is
+    within 1.27 (peak) and 1.40-1.44 (steps) with interpolation, and that of 8-9 % above 1.3 (docs/packet_loss.md).
+    On this clip, this pattern gave peaks of 1.15 to 1.26 (silence / repeat / interpolate) with the models of steps
+    14,400 to 17,200, 1.08 / 1.08 / 1.13 with the step-18,600 one and 1.29 / 1.32 / 1.31 with the step-20,000 one,
+    where muting the gap (`silence`, which plays nothing in it) is as loud as filling it: the rise is the received
+    frames', not the fill's. The peak bound is therefore 1.4, above what these models give on this clip (three
+    patterns, up to 1.33) and on 90 % of the val clips, and far below what a fault gives: a burst of white noise of
+    0.2 RMS in one gap gives a peak of 2.15 to 2.19, and a click of 0.2 steps of 3.0 to 4.3; both are checked below,
+    so that each bound can fail."""
     header = EscHeader.for_model(model, 6, frames_per_packet=1)
     with torch.inference_mode():
         codes = model.encode(torch.from_numpy(speech)[None, None]).audio_codes.numpy()
@@ -119,12 +126,12 @@ def test_no_click_or_noise_burst_at_gaps(model, speech):
     for method in ("silence", "repeat", "interpolate"):
         decoded = esc_under_loss(model, header, packets, lost, method, 50)
         assert decoded.size == speech.size
-        assert gap_peak_ratio(decoded, clean, lost, spf) <= 1.3, method
+        assert gap_peak_ratio(decoded, clean, lost, spf) <= PEAK_BOUND, method
         assert gap_peak_ratio(decoded, clean, lost, spf, steps=True) <= 2.0, method
     gap = np.flatnonzero(lost)[3] * spf
     burst = decoded.copy()
     burst[gap : gap + spf] += 0.2 * np.random.default_rng(0).standard_normal(spf).astype(np.float32)
-    assert gap_peak_ratio(burst, clean, lost, spf) > 1.3
+    assert gap_peak_ratio(burst, clean, lost, spf) > PEAK_BOUND
     clicked = decoded.copy()
     clicked[gap + 100] += 0.2
     assert gap_peak_ratio(clicked, clean, lost, spf, steps=True) > 2.0
