@@ -10,8 +10,10 @@ The card's command block shows the data step (`DATA_COMMAND`) first, then each `
 
 A run that continued a shipped checkpoint (`--init_from`) is packaged with `--base` (that folder) and, for each
 stage that made it, in order, `--base-config` (the stage's recipe) and `--base-step` (the step it ended at; the last
-is the run's `--init_step`): the card describes every stage, and the base's validation history and training log are
-put before the run's, so that the curves start at step 0.
+is the run's `--init_step`): the card describes every stage, the base's validation history and training log are
+put before the run's, so that the curves start at step 0, and the card compares the new weights with the base's clip
+by clip (`examples/compare_checkpoints.py`'s table, PESQ-WB), where the base's `eval_per_clip.csv` scored the same
+clips; the table is printed too.
 
 The folder is written beside `--output` and renamed into place when complete.
 """
@@ -28,6 +30,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT / "examples"))
 
 import bench_bf16_quality  # noqa: E402
+import compare_checkpoints  # noqa: E402
 import compare_codecs  # noqa: E402
 import fit_entropy_model  # noqa: E402
 
@@ -119,6 +122,25 @@ def _merged_history(base: Path, run: Path, base_step: int, tmp: Path, warm_start
     (tmp / "train_log.jsonl").write_text("\n".join(lines) + "\n")
 
 
+def _against_base(base: Path, candidate: Path, base_step: int) -> str:
+    """The card's paired comparison with the weights the run continued, or why there is none."""
+    heading = f"### Against step {base_step:,}\n\n"
+    old, new = base / "eval_per_clip.csv", candidate / "eval_per_clip.csv"
+    try:
+        table = compare_checkpoints.table(old, new, ["pesq"], "esc", 0.95)
+    except ValueError as error:  # a base packaged before per-clip scores, or scored on other clips (--limit)
+        # The card names no path of the machine that packaged it.
+        why = str(error).replace(str(old), "the base's eval_per_clip.csv").replace(str(new), "eval_per_clip.csv")
+        return f"{heading}Not compared clip by clip with the weights this run continued: {why}."
+    print(table)
+    return (
+        f"{heading}PESQ-WB of these weights minus that of the weights they continued (`--base`), clip by clip on the "
+        "same clips (`examples/compare_checkpoints.py`): the mean difference, its 95 % bootstrap interval over the "
+        "clips (one that holds 0 is within what another draw of clips like these could give), the share of clips "
+        f"improved and the change in the files' real rate.\n\n{table}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run", type=Path, required=True,
@@ -180,6 +202,7 @@ def main() -> None:
         if recipe.restart_schedule:  # the same number of steps again, in a new cycle
             next_cycle = (f"; on a CPU, another cycle: `--config {args.config} --init_step {state['step']} "
                           f"--max_steps {2 * state['step'] - base_step}`")  # fmt: skip
+        against = "" if args.base is None else _against_base(args.base, tmp, base_step) + "\n\n"
         training = (
             f"{DATA}\n## Training\n\nTrained with `esc_hf`'s own trainer for **{state['step']:,} steps** "
             f"({state['step'] * seconds / 3600:.1f} h of audio seen) on {args.hardware}, "
@@ -192,7 +215,7 @@ def main() -> None:
             "config.\n\n"
             f"## Evaluation\n\n{len(clips)} validation clips "
             f"(`benchmarks/compare_codecs.py`, same clips for every codec; ESC through its real `.esc` bitstream):\n\n"
-            f"{_table(summary)}\n\n{args.note}\n\n"
+            f"{_table(summary)}\n\n{args.note}\n\n{against}"
             "### Opt-in bf16 backbone\n\n`model.set_backbone_dtype(torch.bfloat16)` (the faster CPU/GPU path of "
             "`benchmarks/bench_codec.py`) on the same clips, each path decoding its own codes "
             f"(`benchmarks/bench_bf16_quality.py`; `bf16_quality.csv`):\n\n{_bf16_table(bf16)}\n\n"

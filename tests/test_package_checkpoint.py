@@ -1,6 +1,8 @@
 """examples/package_checkpoint.py: a run that continued the shipped checkpoint becomes a complete checkpoint folder
-whose card describes every stage that made it, with the histories of all of them."""
+whose card describes every stage that made it, with the histories of all of them, and compares it clip by clip with
+the weights it continued."""
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -15,6 +17,7 @@ from esc_hf.training.evaluation import read_history, write_csv
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "package_checkpoint.py"
+COMPARE_CODECS = ROOT / "benchmarks" / "compare_codecs.py"
 SHIPPED = ROOT / "checkpoints" / "esc-base"
 CLIPS = ROOT / "tests" / "data"
 
@@ -76,6 +79,36 @@ def test_a_third_stage_is_described_after_the_first_two(run, tmp_path, capsys):
     assert weights.keys() == shipped.keys() and all(weights[k].equal(shipped[k]) for k in weights)
     assert (output / "entropy_model.safetensors").exists() and (output / "val_curve.png").exists()
     assert not list(tmp_path.glob(".*tmp*"))  # written beside --output and renamed
+    # The shipped folder's per-clip scores are of the val clips, not of these: no difference over other clips.
+    against = card.split(f"### Against step {END:,}\n\n")[1]
+    assert against.startswith("Not compared clip by clip with the weights this run continued: at 1.5 kbps the two "
+                              "CSVs score different clips")  # fmt: skip
+    assert str(SHIPPED) not in card and str(tmp_path) not in card
+
+
+def test_the_card_compares_the_weights_with_the_base_clip_by_clip(run, tmp_path, capsys):
+    """A base scored on the same clips, by the same weights through its own entropy tables (the same codes, so the
+    same audio), but with PESQ-WB lowered by 0.1 on every row: the new weights are 0.1 better on every clip."""
+    base = tmp_path / "base"
+    base.mkdir()
+    for name in ("eval_history.csv", "train_log.jsonl"):
+        shutil.copy(SHIPPED / name, base)
+    code, _, err = run_script(COMPARE_CODECS, "--data", CLIPS, "--model", SHIPPED, "--codecs", "esc", "--out-dir",
+                              tmp_path / "scored", capsys=capsys, cwd=ROOT)  # fmt: skip
+    assert code == 0, err[-3000:]
+    with (tmp_path / "scored" / "compare.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["pesq"] = float(row["pesq"]) - 0.1
+    write_csv(rows, base / "eval_per_clip.csv")
+    output = tmp_path / "esc-base"
+    code, err = package(run, output, *[base if s is SHIPPED else s for s in STAGES], capsys=capsys)
+    assert code == 0, err[-3000:]
+    against = (output / "README.md").read_text().split(f"### Against step {END:,}\n\n")[1].split("###")[0]
+    lines = [line for line in against.splitlines() if line.startswith("| pesq |")]
+    assert [line.split(" | ")[1] for line in lines] == ["1.5", "3", "4.5", "6", "7.5", "9"]
+    for line in lines:
+        assert " | 2 | +0.1000 | [+0.1000, +0.1000] | 100% | " in line, line
 
 
 @pytest.mark.parametrize("stages, message", [
