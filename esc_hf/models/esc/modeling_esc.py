@@ -170,10 +170,14 @@ def _window_merge(windows: torch.Tensor, window_size: int, height: int, width: i
 class _Linear(nn.Linear):
     """`nn.Linear` that takes its input in its own dtype: with a bf16 backbone
     ([`EscModel.set_backbone_dtype`]) the LayerNorms and the residual stream stay float32 and only the matmuls run
-    in bf16. A no-op cast in float32."""
+    in bf16. A no-op cast in float32. Under autocast the matmul casts its input itself: casting here as well turned
+    each bf16 activation into float32 and back, twice a step with its gradient (a tenth of a bf16 training step on a
+    CPU, `benchmarks/bench_training.py`), for the same values."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.to(self.weight.dtype))
+        if not torch.is_autocast_enabled(x.device.type):
+            x = x.to(self.weight.dtype)
+        return super().forward(x)
 
 
 def fused_window_attention(qkv: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Tensor:
