@@ -5,9 +5,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import get_fixture
 from esc_hf import EscConfig, EscModel
+from esc_hf.models.esc.modeling_esc import EscMlp
 
 
 ATOL, RTOL = 1e-5, 1e-4
@@ -210,3 +212,32 @@ def test_training_switch_does_not_touch_codebooks_in_bypass():
             assert vq.embedding.weight.grad is not None and vq.embedding.weight.grad.abs().max() == 0
     for q, after in zip([vq.embedding.weight for q in model.quantizers for vq in q.vqs], before):
         assert torch.equal(q, after)
+
+
+class _RecordCasts(TorchDispatchMode):
+    """Records the (from, to) dtypes of every cast that reaches the kernels."""
+
+    def __init__(self):
+        super().__init__()
+        self.casts = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten._to_copy.default:
+            self.casts.append((args[0].dtype, out.dtype))
+        return out
+
+
+def test_linear_layers_leave_their_input_to_autocast(tiny_model):
+    """Under bf16 autocast the MLP's bf16 hidden activations go to its second matmul as they are: a float32 copy for
+    autocast to cast back cost a tenth of a bf16 training step (docs/benchmarks.md), for the same values."""
+    mlp = next(m for m in tiny_model.modules() if isinstance(m, EscMlp))
+    x = torch.randn(2, 16, mlp.linear_1.in_features, generator=torch.Generator().manual_seed(0))
+    record = _RecordCasts()
+    with torch.autocast("cpu", dtype=torch.bfloat16), record:
+        out = mlp(x)
+    assert (torch.bfloat16, torch.float32) not in record.casts
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the explicit round trip, exact in bf16
+        hidden = F.gelu(F.linear(x, mlp.linear_1.weight, mlp.linear_1.bias))
+        expected = F.linear(hidden.float(), mlp.linear_2.weight, mlp.linear_2.bias)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, expected)
