@@ -172,7 +172,7 @@ class _Linear(nn.Linear):
     ([`EscModel.set_backbone_dtype`]) the LayerNorms and the residual stream stay float32 and only the matmuls run
     in bf16. A no-op cast in float32. Under autocast the matmul casts its input itself: casting here as well turned
     each bf16 activation into float32 and back, twice a step with its gradient (a tenth of a bf16 training step on a
-    CPU, `benchmarks/bench_training.py`), for the same values."""
+    CPU, docs/benchmarks.md), for the same values."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_autocast_enabled(x.device.type):
