@@ -13,7 +13,9 @@ stage that made it, in order, `--base-config` (the stage's recipe) and `--base-s
 is the run's `--init_step`): the card describes every stage, the base's validation history and training log are
 put before the run's, so that the curves start at step 0, and the card compares the new weights with the base's clip
 by clip (`examples/compare_checkpoints.py`'s table, PESQ-WB), where the base's `eval_per_clip.csv` scored the same
-clips; the table is printed too.
+clips; the table is printed too. Runs between the base and `--run` (a cycle that continued the base and that `--run`
+continued in turn, never packaged) are named, in order, by `--between`; each ends at one of the last `--base-step`
+values, and the card still compares with the base.
 
 The folder is written beside `--output` and renamed into place when complete.
 """
@@ -109,20 +111,24 @@ def _stages(configs: list[str], ends: list[int]) -> tuple[str, float]:
     return f"{count} stages:\n\n" + ";\n".join(lines) + ".", audio / ends[-1]
 
 
-def _merged_history(base: Path, run: Path, base_step: int, tmp: Path, warm_start_steps: int) -> None:
-    """The base's eval_history.csv and train_log.jsonl (to `base_step`), then the run's, written into `tmp`, with
-    the validation curve drawn over both."""
-    history = [r for r in read_history(base / "eval_history.csv") if r["step"] <= base_step]
+def _merged_history(parts: list[tuple[Path, int]], run: Path, tmp: Path, warm_start_steps: int) -> None:
+    """The eval_history.csv and train_log.jsonl of each (folder, last step) of `parts` in order (the base, then the
+    runs between it and `run`), each from past the previous one's last step to its own, then the run's, written into
+    `tmp`, with the validation curve drawn over all of them."""
+    history, lines, start = [], [], -1
+    for folder, end in parts:
+        history += [r for r in read_history(folder / "eval_history.csv") if start < r["step"] <= end]
+        lines += [line for line in (folder / "train_log.jsonl").read_text().splitlines()
+                  if line.strip() and start < json.loads(line)["step"] <= end]  # fmt: skip
+        start = end
     history += read_history(run / "eval_history.csv")
     write_csv(history, tmp / "eval_history.csv")
     plot_val_curve(history, tmp / "val_curve.png", warm_start_steps)
-    lines = [line for line in (base / "train_log.jsonl").read_text().splitlines()
-             if line.strip() and json.loads(line)["step"] <= base_step]  # fmt: skip
     lines += [line for line in (run / "train_log.jsonl").read_text().splitlines() if line.strip()]
     (tmp / "train_log.jsonl").write_text("\n".join(lines) + "\n")
 
 
-def _against_base(base: Path, candidate: Path, base_step: int) -> str:
+def _against_base(base: Path, base_step: int, candidate: Path) -> str:
     """The card's paired comparison with the weights the run continued, or why there is none."""
     heading = f"### Against step {base_step:,}\n\n"
     old, new = base / "eval_per_clip.csv", candidate / "eval_per_clip.csv"
@@ -161,6 +167,9 @@ def main() -> None:
                         help="with --base: the recipe of a stage that made it; repeat it for each stage, in order")
     parser.add_argument("--base-step", action="append", type=int, default=[],
                         help="with --base: the step that stage ended at (the last is the run's --init_step)")
+    parser.add_argument("--between", type=Path, action="append", default=[],
+                        help="with --base: a training run that continued the base (or the previous --between) and "
+                             "that --run continued; repeat in order, each ending at one of the last --base-steps")
     args = parser.parse_args()
     if len({args.base is None, not args.base_config, not args.base_step}) > 1:
         parser.error("--base, --base-config and --base-step go together")
@@ -168,9 +177,24 @@ def main() -> None:
         parser.error("give one --base-step for each --base-config")
     if any(b <= a for a, b in zip([0, *args.base_step], args.base_step)):
         parser.error("--base-step values must be at least 1 and increasing")
+    if args.between and len(args.between) >= len(args.base_step):
+        parser.error("--between needs --base, and one --base-step for each --between run and one for the base")
+    # The base ends at its own step, each run between at the next --base-step.
+    parts = list(zip([args.base, *args.between], args.base_step[len(args.base_step) - len(args.between) - 1 :]))
+    for folder, end in parts[1:]:
+        try:
+            ends = [r["step"] for r in read_history(folder / "eval_history.csv")]
+        except ValueError as error:
+            parser.error(f"--between {folder}: {error}")
+        if not ends or max(ends) != end:
+            parser.error(f"--between {folder} does not end at --base-step {end} (its eval_history.csv: "
+                         f"{max(ends) if ends else 'empty'})")  # fmt: skip
 
     # The latest complete checkpoint of the run (a stopped run has no final/ folder).
-    latest = max((args.run / "checkpoints").glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+    checkpoints = [p for p in (args.run / "checkpoints").glob("step-*") if p.name[5:].isdigit()]
+    if not checkpoints:
+        parser.error(f"--run {args.run} has no checkpoints/step-N folder")
+    latest = max(checkpoints, key=lambda p: int(p.name[5:]))
     state = json.loads((latest / "trainer_state.json").read_text())
     base_step = args.base_step[-1] if args.base_step else 0
     recipe = _recipe(args.config, max_steps=str(state["step"]),
@@ -187,7 +211,7 @@ def main() -> None:
         (tmp / "compare.csv").rename(tmp / "eval_per_clip.csv")
         (tmp / "summary.csv").rename(tmp / "eval.csv")
         if args.base is not None:
-            _merged_history(args.base, args.run, base_step, tmp, _recipe(args.base_config[0]).warm_start_steps)
+            _merged_history(parts, args.run, tmp, _recipe(args.base_config[0]).warm_start_steps)
         else:
             for name in ("val_curve.png", "eval_history.csv", "train_log.jsonl"):
                 if (args.run / name).exists():
@@ -202,7 +226,7 @@ def main() -> None:
         if recipe.restart_schedule:  # the same number of steps again, in a new cycle
             next_cycle = (f"; on a CPU, another cycle: `--config {args.config} --init_step {state['step']} "
                           f"--max_steps {2 * state['step'] - base_step}`")  # fmt: skip
-        against = "" if args.base is None else _against_base(args.base, tmp, base_step) + "\n\n"
+        against = "" if args.base is None else _against_base(*parts[0], candidate=tmp) + "\n\n"
         training = (
             f"{DATA}\n## Training\n\nTrained with `esc_hf`'s own trainer for **{state['step']:,} steps** "
             f"({state['step'] * seconds / 3600:.1f} h of audio seen) on {args.hardware}, "

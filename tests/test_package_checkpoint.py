@@ -111,12 +111,50 @@ def test_the_card_compares_the_weights_with_the_base_clip_by_clip(run, tmp_path,
         assert " | 2 | +0.1000 | [+0.1000, +0.1000] | 100% | " in line, line
 
 
+def test_a_run_between_the_base_and_the_packaged_one(run, tmp_path, capsys):
+    """A cycle that continued the shipped weights and was never packaged (`--between`), then the run: the card
+    describes both after the base's stages, the histories follow each other, and the comparison is with the base."""
+    last = tmp_path / "last"
+    checkpoint = last / "checkpoints" / f"step-{END + 4:08d}"
+    checkpoint.mkdir(parents=True)
+    shutil.copy(SHIPPED / "model.safetensors", checkpoint)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": END + 4, "switched": True}))
+    write_csv([{**HISTORY[-1], "step": END + 4}], last / "eval_history.csv")
+    (last / "train_log.jsonl").write_text(json.dumps({"step": END + 4, "train/loss": 1.6}) + "\n")
+    output = tmp_path / "esc-base"
+    code, _, err = run_script(SCRIPT, "--run", last, "--val", CLIPS, "--train", run / "train", "--output", output,
+                              "--config", "examples/configs/esc-base-cpu-cycle.yaml", "--command", "first",
+                              "--hardware", "a test machine", "--wall-time", "no time", *STAGES, "--base-config",
+                              "examples/configs/esc-base-cpu-cycle.yaml", "--base-step", END + 2, "--between", run,
+                              capsys=capsys, cwd=ROOT)  # fmt: skip
+    assert code == 0, err[-3000:]
+    card = (output / "README.md").read_text()
+    assert "Four stages:" in card and f"**{END + 4:,} steps**" in card
+    continued = "continued from those weights (`--init_from`, `--init_step"
+    assert f"3. steps {END + 1:,}–{END + 2:,} {continued} {END}`" in card
+    assert f"4. steps {END + 3:,}–{END + 4:,} {continued} {END + 2}`" in card
+    steps = [row["step"] for row in read_history(output / "eval_history.csv")]
+    assert steps == sorted(steps) and steps[-3:] == [END, END + 2, END + 4]
+    log = [json.loads(line)["step"] for line in (output / "train_log.jsonl").read_text().splitlines()]
+    assert log[-3:] == [END, END + 2, END + 4]
+    assert f"### Against step {END:,}\n\n" in card  # the base's step, not the run between's
+    assert f"--init_step {END + 4} --max_steps {END + 6}`" in card
+
+
 @pytest.mark.parametrize("stages, message", [
     (["--base", SHIPPED, "--base-config", "examples/configs/esc-base-cpu.yaml"], "go together"),
     ([*STAGES, "--base-config", "examples/configs/esc-base-cpu-cycle.yaml"], "one --base-step for each"),
     (["--base", SHIPPED, "--base-config", "a.yaml", "--base-step", END, "--base-config", "b.yaml", "--base-step",
       10000], "increasing"),
     (["--base", SHIPPED, "--base-config", "a.yaml", "--base-step", 0], "at least 1"),
+    (["--base", SHIPPED, "--base-config", "a.yaml", "--base-step", END, "--between", SHIPPED],
+     "one --base-step for each --between run and one for the base"),
+    (STAGES, "has no checkpoints/step-N folder"),
+    (["--between", SHIPPED], "--between needs --base"),
+    ([*STAGES, "--base-config", "a.yaml", "--base-step", END + 1, "--between", SHIPPED],
+     f"does not end at --base-step {END + 1} (its eval_history.csv: {END})"),
+    ([*STAGES, "--base-config", "a.yaml", "--base-step", END + 1, "--between", ROOT / "tests"],
+     "no evaluation history"),
 ])  # fmt: skip
 def test_stages_that_do_not_add_up_are_refused(tmp_path, stages, message, capsys):
     code, err = package(tmp_path / "run", tmp_path / "out", *stages, capsys=capsys)
