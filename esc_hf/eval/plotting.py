@@ -98,6 +98,7 @@ def plot_runs(histories: dict[str, list[dict]], path: str | Path, metrics: tuple
             if points:
                 axis.plot(*zip(*points), marker="o", label=name)
         axis.set_xlabel("step")
+        axis.xaxis.set_major_locator(plt.MaxNLocator(nbins=4, integer=True))  # five-digit steps overlap otherwise
         axis.set_title(labels.get(metric, metric))
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize="small")
