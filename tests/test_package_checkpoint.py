@@ -29,16 +29,21 @@ STAGES = ["--base", SHIPPED, "--base-config", "examples/configs/esc-base-cpu.yam
           "--base-config", "examples/configs/esc-base-cpu-cycle.yaml", "--base-step", END]  # fmt: skip
 
 
-@pytest.fixture
-def run(tmp_path):
-    """A run folder as the trainer leaves it two steps past the shipped weights (a third cycle)."""
-    run = tmp_path / "run"
-    checkpoint = run / "checkpoints" / f"step-{END + 2:08d}"
+def training_run(run: Path, step: int) -> Path:
+    """A run folder as the trainer leaves it at `step`, with the shipped weights."""
+    checkpoint = run / "checkpoints" / f"step-{step:08d}"
     checkpoint.mkdir(parents=True)
     shutil.copy(SHIPPED / "model.safetensors", checkpoint)
-    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": END + 2, "switched": True}))
-    write_csv([{**HISTORY[-1], "step": END + 2}], run / "eval_history.csv")
-    (run / "train_log.jsonl").write_text(json.dumps({"step": END + 2, "train/loss": 1.7}) + "\n")
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": step, "switched": True}))
+    write_csv([{**HISTORY[-1], "step": step}], run / "eval_history.csv")
+    (run / "train_log.jsonl").write_text(json.dumps({"step": step, "train/loss": 1.7}) + "\n")
+    return run
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A run two steps past the shipped weights (a third cycle), with clips to fit entropy tables on."""
+    run = training_run(tmp_path / "run", END + 2)
     # The entropy tables are fitted on at least ten clips: pieces of the test clips.
     train = run / "train"
     train.mkdir()
@@ -114,13 +119,7 @@ def test_the_card_compares_the_weights_with_the_base_clip_by_clip(run, tmp_path,
 def test_a_run_between_the_base_and_the_packaged_one(run, tmp_path, capsys):
     """A cycle that continued the shipped weights and was never packaged (`--between`), then the run: the card
     describes both after the base's stages, the histories follow each other, and the comparison is with the base."""
-    last = tmp_path / "last"
-    checkpoint = last / "checkpoints" / f"step-{END + 4:08d}"
-    checkpoint.mkdir(parents=True)
-    shutil.copy(SHIPPED / "model.safetensors", checkpoint)
-    (checkpoint / "trainer_state.json").write_text(json.dumps({"step": END + 4, "switched": True}))
-    write_csv([{**HISTORY[-1], "step": END + 4}], last / "eval_history.csv")
-    (last / "train_log.jsonl").write_text(json.dumps({"step": END + 4, "train/loss": 1.6}) + "\n")
+    last = training_run(tmp_path / "last", END + 4)
     output = tmp_path / "esc-base"
     code, _, err = run_script(SCRIPT, "--run", last, "--val", CLIPS, "--train", run / "train", "--output", output,
                               "--config", "examples/configs/esc-base-cpu-cycle.yaml", "--command", "first",
