@@ -186,6 +186,8 @@ def main() -> None:
             ends = [r["step"] for r in read_history(folder / "eval_history.csv")]
         except ValueError as error:
             parser.error(f"--between {folder}: {error}")
+        if not (folder / "train_log.jsonl").is_file():
+            parser.error(f"--between {folder} has no train_log.jsonl")
         if not ends or max(ends) != end:
             parser.error(f"--between {folder} does not end at --base-step {end} (its eval_history.csv: "
                          f"{max(ends) if ends else 'empty'})")  # fmt: skip

@@ -158,3 +158,12 @@ def test_a_run_between_the_base_and_the_packaged_one(run, tmp_path, capsys):
 def test_stages_that_do_not_add_up_are_refused(tmp_path, stages, message, capsys):
     code, err = package(tmp_path / "run", tmp_path / "out", *stages, capsys=capsys)
     assert code == 2 and message in err and not (tmp_path / "out").exists()
+
+
+def test_a_run_between_without_a_training_log_is_refused(tmp_path, capsys):
+    between = tmp_path / "between"
+    between.mkdir()
+    shutil.copy(SHIPPED / "eval_history.csv", between)
+    code, err = package(tmp_path / "run", tmp_path / "out", *STAGES, "--base-config", "a.yaml", "--base-step",
+                        END + 1, "--between", between, capsys=capsys)  # fmt: skip
+    assert code == 2 and "has no train_log.jsonl" in err and not (tmp_path / "out").exists()
