@@ -186,11 +186,12 @@ def main() -> None:
             ends = [r["step"] for r in read_history(folder / "eval_history.csv")]
         except ValueError as error:
             parser.error(f"--between {folder}: {error}")
-        if not (folder / "train_log.jsonl").is_file():
-            parser.error(f"--between {folder} has no train_log.jsonl")
         if not ends or max(ends) != end:
             parser.error(f"--between {folder} does not end at --base-step {end} (its eval_history.csv: "
                          f"{max(ends) if ends else 'empty'})")  # fmt: skip
+    for option, (folder, _) in zip(["--base", *["--between"] * len(args.between)], parts):
+        if not (folder / "train_log.jsonl").is_file():  # merged into the card's log
+            parser.error(f"{option} {folder} has no train_log.jsonl")
 
     # The latest complete checkpoint of the run (a stopped run has no final/ folder).
     checkpoints = [p for p in (args.run / "checkpoints").glob("step-*") if p.name[5:].isdigit()]

@@ -163,7 +163,15 @@ def test_stages_that_do_not_add_up_are_refused(tmp_path, stages, message, capsys
 def test_a_run_between_without_a_training_log_is_refused(tmp_path, capsys):
     between = tmp_path / "between"
     between.mkdir()
-    shutil.copy(SHIPPED / "eval_history.csv", between)
+    write_csv([{**HISTORY[-1], "step": END + 1}], between / "eval_history.csv")  # it ends where its --base-step says
     code, err = package(tmp_path / "run", tmp_path / "out", *STAGES, "--base-config", "a.yaml", "--base-step",
                         END + 1, "--between", between, capsys=capsys)  # fmt: skip
     assert code == 2 and "has no train_log.jsonl" in err and not (tmp_path / "out").exists()
+
+
+def test_a_base_without_a_training_log_is_refused(tmp_path, capsys):
+    base = tmp_path / "base"
+    base.mkdir()
+    stages = [base if s is SHIPPED else s for s in STAGES]
+    code, err = package(tmp_path / "run", tmp_path / "out", *stages, capsys=capsys)
+    assert code == 2 and f"--base {base} has no train_log.jsonl" in err and not (tmp_path / "out").exists()
