@@ -227,7 +227,7 @@ def main() -> None:
         commands = "\n".join(args.command)
         next_cycle = ""
         if recipe.restart_schedule:  # the same number of steps again, in a new cycle
-            next_cycle = (f"; on a CPU, another cycle: `--config {args.config} --init_step {state['step']} "
+            next_cycle = (f"; another cycle: `--config {args.config} --init_step {state['step']} "
                           f"--max_steps {2 * state['step'] - base_step}`")  # fmt: skip
         against = "" if args.base is None else _against_base(*parts[0], candidate=tmp) + "\n\n"
         training = (
