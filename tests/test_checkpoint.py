@@ -107,7 +107,6 @@ def test_folder_holds_what_the_card_promises():
         assert needed in card, needed
 
 
-
 def test_every_recipe_the_card_names_is_a_config_that_parses():
     """The card's stages and commands name the configs that made the model: each must be in the repo and load."""
     card = (CHECKPOINT / "README.md").read_text()
