@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SPEECH, free_port, run_script
+from esc_hf import EscModel
 from esc_hf.training.arguments import parse_arguments
 from esc_hf.training.trainer import EscTrainer, draw_num_streams
 
@@ -89,6 +90,53 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, speech_dir, revival):
     a = load_file(str(tmp_path / "a" / "run" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "run" / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_time_budget_ends_the_cycle_as_max_steps_would(tmp_path, speech_dir):
+    """--time_budget_minutes moves the cycle's end inside the warm-up, so the run is exactly the `--max_steps` run
+    that ends there, and a resumed run keeps that end. A budget spent before the timing ends allows one more step
+    (here step 7: timed over steps 2-6 of a 10-step warm-up); an ample one leaves --max_steps as it is."""
+    init = tmp_path / "init"
+    EscModel(tiny_args(tmp_path, speech_dir).model_config()).save_pretrained(init)
+    cycle = ["--init-from", str(init), "--restart-schedule", "--lr-schedule", "cosine", "--lr-warmup-steps", "10",
+             "--warm-start-steps", "0", "--log-every", "1", "--save-every", "3", "--keep-checkpoints", "5"]
+    budget = EscTrainer(tiny_args(tmp_path / "budget", speech_dir, *cycle, "--max-steps", "40",
+                                  "--time-budget-minutes", "1e-9"))  # fmt: skip
+    budget.train()
+    fixed = EscTrainer(tiny_args(tmp_path / "fixed", speech_dir, *cycle, "--max-steps", "7"))
+    fixed.train()
+    # The whole schedule is the 7-step one, past the warm-up too (where a longer cycle would not have decayed).
+    assert budget.args.max_steps == 7
+    assert [budget.lr_multiplier(s) for s in range(40)] == [fixed.lr_multiplier(s) for s in range(40)]
+    runs = {name: tmp_path / name / "run" for name in ("budget", "fixed")}
+    logs = {name: [{k: v for k, v in json.loads(line).items() if k != "train/audio_seconds_per_second"}
+                   for line in (run / "train_log.jsonl").read_text().splitlines()] for name, run in runs.items()}
+    assert [row["step"] for row in logs["budget"]] == list(range(1, 8))
+    assert logs["budget"] == logs["fixed"]  # losses and learning rates, step by step
+    weights = {name: load_file(str(run / "final" / "model.safetensors")) for name, run in runs.items()}
+    assert all(torch.equal(weights["budget"][k], weights["fixed"][k]) for k in weights["fixed"])
+    state = json.loads((runs["budget"] / "checkpoints" / "step-00000006" / "trainer_state.json").read_text())
+    assert state["cycle_end"] == 7  # chosen at step 6, before that step's checkpoint
+    assert "cycle_end" not in json.loads((runs["fixed"] / "checkpoints" / "step-00000006" / "trainer_state.json")
+                                         .read_text())  # fmt: skip
+
+    # Resumed from step 6 with a budget that would allow every step: the chosen end holds.
+    shutil.rmtree(runs["budget"] / "checkpoints" / "step-00000007")
+    resumed = EscTrainer(tiny_args(tmp_path / "budget", speech_dir, *cycle, "--max-steps", "40",
+                                   "--time-budget-minutes", "1e6", "--resume"))  # fmt: skip
+    resumed.train()
+    assert resumed.step == 7
+    again = load_file(str(runs["budget"] / "final" / "model.safetensors"))
+    assert all(torch.equal(again[k], weights["fixed"][k]) for k in again)
+    state_file = runs["budget"] / "checkpoints" / "step-00000007" / "trainer_state.json"
+    state_file.write_text(json.dumps({**json.loads(state_file.read_text()), "cycle_end": 3}))
+    with pytest.raises(ValueError, match="cycle_end must be a step at or after"):
+        EscTrainer(tiny_args(tmp_path / "budget", speech_dir, *cycle, "--max-steps", "40", "--resume")).train()
+
+    ample = EscTrainer(tiny_args(tmp_path / "ample", speech_dir, *cycle, "--max-steps", "9",
+                                 "--time-budget-minutes", "1e6"))  # fmt: skip
+    ample.train()
+    assert ample.step == 9 and ample.args.max_steps == 9
 
 
 def test_quantizer_dropout_draw():
@@ -191,6 +239,10 @@ def test_val_curve_through_the_switch_ramp_and_continuing_from_weights(tmp_path,
         (["--data-dir", "x", "--lr-schedule", "exp"], "lr_schedule"),
         (["--data-dir", "x", "--push-to-hub"], "hub-model-id"),
         (["--data-dir", "x", "--bogus", "1"], "unknown arguments"),
+        (["--data-dir", "x", "--time-budget-minutes", "-1"], "time_budget_minutes"),
+        (["--data-dir", "x", "--time-budget-minutes", "5", "--lr-warmup-steps", "4"], "--lr_warmup_steps"),
+        (["--data-dir", "x", "--time-budget-minutes", "5", "--lr-warmup-steps", "100", "--init-from", "w",
+          "--init-step", "10"], "--restart_schedule"),
     ],
 )
 def test_bad_arguments(argv, message):

@@ -50,6 +50,16 @@ class TrainingArguments:
                                                                   "VQ switch (fresh optimizer moments)"})
     max_grad_norm: float = field(default=0.5, metadata={"help": "gradient clipping (global L2 norm)"})
     max_steps: int = field(default=250_000, metadata={"help": "optimizer steps in all"})
+    time_budget_minutes: float = field(default=0.0, metadata={"help": "end the run within this much wall time from "
+                                                                      "the start of training (0: off): steps 1/5 to "
+                                                                      "3/5 of the learning-rate warm-up are timed, "
+                                                                      "then --max_steps becomes the last step that "
+                                                                      "fits, less 1/50, so the run is the one that "
+                                                                      "--max_steps would give and its schedule still "
+                                                                      "ends at 0; evaluations and checkpoints are not "
+                                                                      "in the estimate: leave room for them. Needs a "
+                                                                      "schedule that starts with the run (a new run or "
+                                                                      "--restart_schedule) and --lr_warmup_steps >= 5"})
     warm_start_steps: int = field(default=46_875, metadata={"help": "steps with the quantizers bypassed"})
     quantizer_dropout: float = field(default=0.75, metadata={"help": "probability of n ~ U{1..6} streams"})
     dead_code_window: int = field(default=0, metadata={"help": "re-initialise codebook entries that no input chose "
@@ -107,6 +117,14 @@ class TrainingArguments:
             raise ValueError(f"init_step must be in [0, max_steps), got {self.init_step}")
         if self.lr_warmup_steps < 0 or self.switch_warmup_steps < 0:
             raise ValueError("warm-up steps must be >= 0")
+        if self.time_budget_minutes < 0:
+            raise ValueError("time_budget_minutes must be >= 0 (0: off)")
+        if self.time_budget_minutes and self.init_step and not self.restart_schedule:
+            raise ValueError("--time_budget_minutes sets where the learning-rate schedule ends, so the schedule must "
+                             "start with this run: give --restart_schedule with --init_step")
+        if self.time_budget_minutes and self.lr_warmup_steps < 5:
+            raise ValueError("--time_budget_minutes times steps inside the learning-rate warm-up: give "
+                             "--lr_warmup_steps of at least 5")
         if self.phase_weight < 0 or self.complex_weight < 0:
             raise ValueError("loss weights must be >= 0")
         if self.dead_code_window < 0:

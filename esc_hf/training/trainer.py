@@ -104,16 +104,10 @@ class EscTrainer:
                                complex_weight=args.complex_weight)  # fmt: skip
         self.crop_length = valid_crop_length(args.crop_seconds, self.config.sampling_rate,
                                              self.config.samples_per_code_frame, self.config.hop_length)  # fmt: skip
-        if args.restart_schedule:
-            # Fresh AdamW moments after weights that finished a cosine at lr 0: a constant lr with no warm-up costs
-            # the continued model quality for hundreds of steps (docs/training_study.md); a new cycle ramps up
-            # from 0 and ends annealed at --max_steps.
-            cycle = lr_multiplier(args.lr_schedule, args.lr_warmup_steps, args.max_steps - args.init_step)
-            self.lr_multiplier = lambda step: cycle(step - args.init_step)
-        else:
-            self.lr_multiplier = lr_multiplier(args.lr_schedule, args.lr_warmup_steps, args.max_steps)
+        self._build_lr_multiplier()
         # --init_step continues a run from its saved weights alone, with a fresh optimizer (as at the VQ switch).
         self.step, self.best_pesq = args.init_step, -math.inf
+        self.cycle_end_fixed = False  # --time_budget_minutes: whether --max_steps is the one the budget chose
         self.switched = args.warm_start_steps <= args.init_step
         self.history: list[dict] = self._read_history()
 
@@ -183,6 +177,33 @@ class EscTrainer:
     def _inner_optimizer(self) -> torch.optim.Optimizer:
         return self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer
 
+    def _build_lr_multiplier(self):
+        args = self.args
+        if args.restart_schedule:
+            # Fresh AdamW moments after weights that finished a cosine at lr 0: a constant lr with no warm-up costs
+            # the continued model quality for hundreds of steps (docs/training_study.md); a new cycle ramps up
+            # from 0 and ends annealed at --max_steps.
+            cycle = lr_multiplier(args.lr_schedule, args.lr_warmup_steps, args.max_steps - args.init_step)
+            self.lr_multiplier = lambda step: cycle(step - args.init_step)
+        else:
+            self.lr_multiplier = lr_multiplier(args.lr_schedule, args.lr_warmup_steps, args.max_steps)
+
+    def _end_cycle_at(self, max_steps: int):
+        self.args.max_steps, self.cycle_end_fixed = max_steps, True
+        self._build_lr_multiplier()
+
+    def _fit_cycle_to_budget(self, deadline: float, probe: tuple[int, float]) -> int:
+        """The last step that fits before `deadline` (perf_counter seconds) at the pace measured since `probe`
+        (step, time), agreed by every process: the slowest pace and the least time left."""
+        acc, now = self.accelerator, time.perf_counter()
+        pace = (now - probe[1]) / (self.step - probe[0])
+        measured = acc.gather(torch.tensor([[pace, deadline - now]], dtype=torch.float64, device=acc.device))
+        pace, left = measured[:, 0].max().item(), measured[:, 1].min().item()
+        end = min(self.args.max_steps, self.step + max(1, int(0.98 * left / pace)))
+        acc.print(f"time budget: {pace:.3f} s a step, {left:.0f} s left: the cycle ends at step {end:,} "
+                  f"(--max_steps was {self.args.max_steps:,})")  # fmt: skip
+        return end
+
     def _set_learning_rates(self):
         scale = self.args.learning_rate * self.lr_multiplier(self.step)
         since_switch = self.step - self.args.warm_start_steps
@@ -222,6 +243,8 @@ class EscTrainer:
         acc.wait_for_everyone()  # every process has written its part (RNG states) before the rename
         if acc.is_main_process:
             state = {"step": self.step, "switched": self.switched, "best_pesq": self.best_pesq}
+            if self.cycle_end_fixed:  # a resumed run keeps the schedule the budget chose, whatever its own budget
+                state["cycle_end"] = self.args.max_steps
             (tmp / "trainer_state.json").write_text(json.dumps(state))
             if final.exists():
                 shutil.rmtree(final)
@@ -244,6 +267,12 @@ class EscTrainer:
         self.accelerator.load_state(str(latest))
         state = json.loads((latest / "trainer_state.json").read_text())
         self.step, self.switched, self.best_pesq = state["step"], state["switched"], state["best_pesq"]
+        if "cycle_end" in state:
+            end = state["cycle_end"]
+            if not isinstance(end, int) or isinstance(end, bool) or end < self.step:
+                raise ValueError(f"{latest / 'trainer_state.json'}: cycle_end must be a step at or after the "
+                                 f"checkpoint's {self.step}, got {end!r}")
+            self._end_cycle_at(end)
         self.history = self._read_history()
         log = self.args.output_path / "train_log.jsonl"
         if self.accelerator.is_main_process and log.exists():  # drop what the interrupted run logged after this point
@@ -317,6 +346,10 @@ class EscTrainer:
 
     def train(self) -> Path:
         args, acc = self.args, self.accelerator
+        deadline = time.perf_counter() + 60 * args.time_budget_minutes
+        # The warm-up's ramp does not depend on where the schedule ends: timed inside it, the end can still move.
+        probe_steps = (max(1, args.lr_warmup_steps // 5), 3 * args.lr_warmup_steps // 5)
+        probe = None
         train_audio, stream = self._load_data()
         self.optimizer = self._optimizer(self.model, args.learning_rate)
         discriminator = disc_optimizer = None
@@ -389,6 +422,12 @@ class EscTrainer:
                 total = acc.reduce(loss.detach(), reduction="mean").item()
                 self.last_losses.append(total)
                 progress.update(1)
+                if args.time_budget_minutes and not self.cycle_end_fixed:
+                    if probe is None and self.step - args.init_step >= probe_steps[0]:
+                        probe = (self.step, time.perf_counter())
+                    elif probe is not None and self.step - args.init_step >= probe_steps[1]:
+                        self._end_cycle_at(self._fit_cycle_to_budget(deadline, probe))
+                        progress.total = args.max_steps
                 if self.step % args.log_every == 0 or self.step == args.max_steps:
                     elapsed = time.perf_counter() - started
                     logs = {f"train/{k}": float(torch.as_tensor(v).detach().float().mean()) for k, v in terms.items()}
