@@ -168,8 +168,10 @@ def test_two_processes_with_accelerate_launch(tmp_path, speech_dir):
                "--num_machines", "1", "--main_process_port", str(free_port()), "--mixed_precision", "no",
                "--dynamo_backend", "no",
                str(ROOT / "examples" / "train.py"), "--config", TINY, "--data-dir", str(speech_dir),
-               "--val-dir", str(speech_dir), "--output-dir", str(out), "--max-steps", "3", "--warm-start-steps", "1",
-               "--max-val-clips", "1", "--max-val-seconds", "1", "--crop-seconds", "0.5", "--batch-size", "2"]  # fmt: skip
+               "--val-dir", str(speech_dir), "--output-dir", str(out), "--max-steps", "40", "--warm-start-steps", "1",
+               "--max-val-clips", "1", "--max-val-seconds", "1", "--crop-seconds", "0.5", "--batch-size", "2",
+               # a spent time budget: the two processes must agree to end after step 4 (timed over steps 1-3)
+               "--lr-warmup-steps", "5", "--time-budget-minutes", "1e-9"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-4000:]
     from transformers import AutoModel
@@ -180,6 +182,8 @@ def test_two_processes_with_accelerate_launch(tmp_path, speech_dir):
     assert model.num_parameters() > 0 and (out / "eval.csv").exists() and (out / "rate_distortion.png").exists()
     card = (out / "final" / "README.md").read_text()
     assert "model-index:" in card and "2 process(es)" in card
+    state = json.loads((out / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
+    assert state["step"] == 4 and state["cycle_end"] == 4
 
 
 def test_output_folder_and_evaluation_files(tmp_path, speech_dir):
