@@ -54,7 +54,7 @@ class TrainingArguments:
                                                                       "the start of training (0: off): steps 1/5 to "
                                                                       "3/5 of the learning-rate warm-up are timed, "
                                                                       "then --max_steps becomes the last step that "
-                                                                      "fits, less 1/50, so the run is the one that "
+                                                                      "fits, less 1/20, so the run is the one that "
                                                                       "--max_steps would give and its schedule still "
                                                                       "ends at 0; evaluations and checkpoints are not "
                                                                       "in the estimate: leave room for them. Needs a "
