@@ -14,7 +14,9 @@ from safetensors.torch import load_file
 
 from conftest import SPEECH, free_port, run_script
 from esc_hf import EscModel
+from esc_hf.codec.audio_io import list_audio_files
 from esc_hf.training.arguments import parse_arguments
+from esc_hf.training.data import decode_files
 from esc_hf.training.trainer import EscTrainer, draw_num_streams
 
 
@@ -198,6 +200,27 @@ def test_output_folder_and_evaluation_files(tmp_path, speech_dir):
     assert (run / "rate_distortion.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_no_evaluation_and_decoding_in_processes(tmp_path, speech_dir, monkeypatch):
+    """--eval_every 0 trains without PESQ or STOI installed (no evaluation, not even at the end; best/ is final/),
+    and --preprocessing_num_workers decodes the training files into the same cache as one process does."""
+    monkeypatch.setitem(sys.modules, "pesq", None)  # None in sys.modules: `import pesq` raises ImportError
+    monkeypatch.setitem(sys.modules, "pystoi", None)
+    EscTrainer(tiny_args(tmp_path, speech_dir, "--max-steps", "3", "--warm-start-steps", "1", "--eval-every", "0",
+                         "--preprocessing-num-workers", "2")).train()  # fmt: skip
+    run = tmp_path / "run"
+    assert not {"eval.csv", "eval_history.csv", "val_curve.png"} & {p.name for p in run.iterdir()}
+    final, best = (load_file(str(run / name / "model.safetensors")) for name in ("final", "best"))
+    assert all(torch.equal(final[k], best[k]) for k in final)
+    (cache,) = (run / "cache").glob("*.npy")
+    np.testing.assert_array_equal(np.load(cache), np.concatenate(decode_files(list_audio_files(speech_dir))))
+
+    broken = tmp_path / "broken"
+    shutil.copytree(speech_dir, broken)
+    (broken / "zz-not-audio.flac").write_bytes(b"fLaC but no stream info")
+    with pytest.raises(ValueError, match="training data: .*zz-not-audio.flac"):
+        decode_files(list_audio_files(broken), num_workers=2)
+
+
 def test_val_curve_through_the_switch_ramp_and_continuing_from_weights(tmp_path, speech_dir, capsys):
     EscTrainer(tiny_args(tmp_path, speech_dir, "--max-steps", "4", "--warm-start-steps", "2", "--eval-every", "1",
                          "--log-every", "1", "--switch-warmup-steps", "2")).train()  # fmt: skip
@@ -244,6 +267,8 @@ def test_val_curve_through_the_switch_ramp_and_continuing_from_weights(tmp_path,
         (["--data-dir", "x", "--push-to-hub"], "hub-model-id"),
         (["--data-dir", "x", "--bogus", "1"], "unknown arguments"),
         (["--data-dir", "x", "--time-budget-minutes", "-1"], "time_budget_minutes"),
+        (["--data-dir", "x", "--eval-every", "-1"], "eval_every"),
+        (["--data-dir", "x", "--preprocessing-num-workers", "0"], "preprocessing_num_workers"),
         (["--data-dir", "x", "--time-budget-minutes", "5", "--lr-warmup-steps", "4"], "--lr_warmup_steps"),
         (["--data-dir", "x", "--time-budget-minutes", "5", "--lr-warmup-steps", "100", "--init-from", "w",
           "--init-step", "10"], "--restart_schedule"),

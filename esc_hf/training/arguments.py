@@ -32,6 +32,8 @@ class TrainingArguments:
     max_val_clips: int = field(default=32, metadata={"help": "validation clips evaluated"})
     max_val_seconds: float = field(default=10.0, metadata={"help": "validation clips are cut to this length"})
     num_workers: int = field(default=2, metadata={"help": "data loader processes"})
+    preprocessing_num_workers: int = field(default=1, metadata={"help": "processes decoding --data-dir's files into "
+                                                                        "the cache (its first run only)"})
     cache_dir: str | None = field(default=None, metadata={"help": "decoded-audio cache (default OUTPUT/cache)"})
     # Optimisation
     batch_size: int = field(default=9, metadata={"help": "crops per device per step"})
@@ -87,7 +89,8 @@ class TrainingArguments:
     # Runs
     output_dir: str = field(default="runs/esc", metadata={"help": "checkpoints, logs, evaluation, best/ and final/"})
     save_every: int = field(default=1000, metadata={"help": "checkpoint every N steps"})
-    eval_every: int = field(default=1000, metadata={"help": "evaluate every N steps (after the warm start)"})
+    eval_every: int = field(default=1000, metadata={"help": "evaluate every N steps (after the warm start) and at "
+                                                          "the end; 0: never (no PESQ needed; best/ is final/)"})
     log_every: int = field(default=10, metadata={"help": "log the training losses every N steps"})
     keep_checkpoints: int = field(default=2, metadata={"help": "checkpoints kept besides best/ and final/"})
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
@@ -106,9 +109,12 @@ class TrainingArguments:
             raise ValueError(f"lr_schedule must be constant, cosine or linear, got {self.lr_schedule!r}")
         if not 0 <= self.quantizer_dropout <= 1:
             raise ValueError("quantizer_dropout is a probability")
-        for name in ("batch_size", "max_steps", "save_every", "eval_every", "log_every", "gradient_accumulation_steps"):
+        for name in ("batch_size", "max_steps", "save_every", "log_every", "gradient_accumulation_steps",
+                     "preprocessing_num_workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.eval_every < 0:
+            raise ValueError("eval_every must be >= 0 (0: no evaluation)")
         if self.init_step and not self.init_from:
             raise ValueError("--init_step continues the weights of --init_from; give --init_from too")
         if self.restart_schedule and not self.init_from:

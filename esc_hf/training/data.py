@@ -8,6 +8,8 @@ item is a pure function of its index, which makes resuming exact: a resumed run 
 
 import hashlib
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -48,25 +50,33 @@ def overlap_warning(train_files: list[Path], val_files: list[Path], train_dir: s
             "--val-dir a folder outside --data-dir, or leave it out for a held-out split")
 
 
-def decode_files(files: list[Path], sampling_rate: int = 16000) -> list[np.ndarray]:
-    clips = []
-    for path in files:
-        try:
-            audio, _ = load_audio(path, sampling_rate)
-        except AudioFileError as error:
-            raise ValueError(f"training data: {error}") from error
-        clips.append(audio)
-    return clips
+def _decode_one(path: Path, sampling_rate: int) -> np.ndarray:
+    try:
+        return load_audio(path, sampling_rate)[0]
+    except AudioFileError as error:
+        raise ValueError(f"training data: {error}") from error
 
 
-def cached_concatenation(files: list[Path], cache_dir: Path, sampling_rate: int = 16000) -> np.ndarray:
+def decode_files(files: list[Path], sampling_rate: int = 16000, num_workers: int = 1) -> list[np.ndarray]:
+    """`files` decoded and resampled to mono float32, in order; `num_workers` > 1 decodes in that many processes."""
+    if num_workers <= 1 or len(files) <= 1:
+        return [_decode_one(path, sampling_rate) for path in files]
+    # spawn, not fork: the caller has torch's thread pools running, which a forked child would inherit locked.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(min(num_workers, len(files)), mp_context=context) as pool:
+        chunk = max(1, len(files) // (8 * num_workers))
+        return list(pool.map(_decode_one, files, [sampling_rate] * len(files), chunksize=chunk))
+
+
+def cached_concatenation(files: list[Path], cache_dir: Path, sampling_rate: int = 16000,
+                         num_workers: int = 1) -> np.ndarray:  # fmt: skip
     """All `files` decoded, resampled and joined; cached under `cache_dir` keyed by the file list."""
     key = hashlib.sha1(json.dumps([[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files]).encode())
     path = Path(cache_dir) / f"audio-{sampling_rate}-{key.hexdigest()[:16]}.npy"
     if not path.exists():
         from ..utils.atomic_files import atomic_file
 
-        audio = np.concatenate(decode_files(files, sampling_rate)).astype(np.float32)
+        audio = np.concatenate(decode_files(files, sampling_rate, num_workers)).astype(np.float32)
         with atomic_file(path) as handle:
             np.save(handle, audio)
     return np.load(path, mmap_mode="r")

@@ -130,7 +130,7 @@ class EscTrainer:
                 if warning and self.accelerator.is_main_process:
                     logger.warning(warning)
             with self.accelerator.main_process_first():
-                train_audio = cached_concatenation(files, cache, sr)
+                train_audio = cached_concatenation(files, cache, sr, args.preprocessing_num_workers)
         else:
             data = load_audio_dataset(args.dataset, args.dataset_split, args.audio_column, args.streaming)
             if val_clips is None:
@@ -446,7 +446,7 @@ class EscTrainer:
                                          warm=int(warm))  # fmt: skip
                 if self.step % args.save_every == 0:
                     self._save_checkpoint()
-                if self.step % args.eval_every == 0:
+                if args.eval_every and self.step % args.eval_every == 0:
                     rows, evaluated_at = self._evaluate(), self.step
                     acc.wait_for_everyone()
                 if self.step >= args.max_steps:
@@ -454,7 +454,7 @@ class EscTrainer:
             if stream is None:
                 break
         progress.close()
-        if evaluated_at != self.step:  # the last step may have been evaluated in the loop: one history row per step
+        if args.eval_every and evaluated_at != self.step:  # one history row per step: the loop's may be this one
             rows = self._evaluate()
         if self.step % args.save_every:
             self._save_checkpoint()
