@@ -201,8 +201,9 @@ class EscTrainer:
         pace, left = measured[:, 0].max().item(), measured[:, 1].min().item()
         # 1/20 spare: on a shared 2-core CPU the steps after the timing were 3 % slower than the timed ones.
         end = min(self.args.max_steps, self.step + max(1, int(0.95 * left / pace)))
-        acc.print(f"time budget: {pace:.3f} s a step, {left:.0f} s left: the cycle ends at step {end:,} "
-                  f"(--max_steps was {self.args.max_steps:,})")  # fmt: skip
+        if acc.is_main_process:  # tqdm.write, not print: a line of its own, not glued to the progress bar
+            tqdm.write(f"time budget: {pace:.3f} s a step, {left:.0f} s left: the cycle ends at step {end:,} "
+                       f"(--max_steps was {self.args.max_steps:,})")  # fmt: skip
         return end
 
     def _set_learning_rates(self):
