@@ -94,6 +94,32 @@ def test_resumed_run_matches_uninterrupted_run(tmp_path, speech_dir, revival):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_gradient_accumulation_is_the_large_batch_in_parts(tmp_path, speech_dir):
+    """4 crops in one batch, or in 2 accumulated batches of 2: the same crops, loss and gradient, so the same steps
+    up to float rounding (the order of the sums); the step logs the loss of all 4 crops, not of its last batch. Warm
+    steps (quantizers bypassed): once the codes are chosen by a nearest neighbour, a rounding-sized difference in the
+    weights can choose another code, and the runs part for that reason alone."""
+    common = ["--max-steps", "2", "--warm-start-steps", "5", "--log-every", "1", "--save-every", "100",
+              "--eval-every", "0"]  # fmt: skip
+    whole = EscTrainer(tiny_args(tmp_path / "a", speech_dir, *common, "--batch-size", "4"))
+    whole.train()
+    parts = EscTrainer(tiny_args(tmp_path / "b", speech_dir, *common, "--batch-size", "2",
+                                 "--gradient-accumulation-steps", "2"))  # fmt: skip
+    parts.train()
+    assert parts.step == whole.step == 2
+    np.testing.assert_allclose(parts.last_losses, whole.last_losses, rtol=1e-5)
+    logs = [[json.loads(line) for line in (tmp_path / run / "run" / "train_log.jsonl").read_text().splitlines()]
+            for run in ("a", "b")]  # fmt: skip
+    # The gradient's norm before clipping: a loss not divided by the number of batches would double it. Gradients
+    # move more than the loss with the first step's rounding-sized differences (7e-5 relative seen at step 2).
+    np.testing.assert_allclose([r["train/grad_norm"] for r in logs[1]], [r["train/grad_norm"] for r in logs[0]],
+                               rtol=1e-3)  # fmt: skip
+    a = load_file(str(tmp_path / "a" / "run" / "final" / "model.safetensors"))
+    b = load_file(str(tmp_path / "b" / "run" / "final" / "model.safetensors"))
+    # A tenth of one step's size (lr 1e-3): an optimizer step per batch or other crops move weights by about 1e-3.
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+
+
 def test_time_budget_ends_the_cycle_as_max_steps_would(tmp_path, speech_dir):
     """--time_budget_minutes moves the cycle's end inside the warm-up, so the run is exactly the `--max_steps` run
     that ends there, and a resumed run keeps that end. A budget spent before the timing ends allows one more step

@@ -379,6 +379,8 @@ class EscTrainer:
         started, audio_seconds, micro = time.perf_counter(), 0.0, 0
         self.last_losses: list[float] = []
         rows, evaluated_at = None, None
+        # Each accumulated batch's loss terms: the step logs their mean, the loss of the whole batch it optimised.
+        pending: list[dict] = []
         while self.step < args.max_steps:
             for batch in loader:
                 warm = self.step < args.warm_start_steps
@@ -412,6 +414,7 @@ class EscTrainer:
                         disc_optimizer.step()
                         disc_optimizer.zero_grad()
                         terms["discriminator"] = disc_loss
+                pending.append({"loss": loss.detach(), **{k: torch.as_tensor(v).detach() for k, v in terms.items()}})
                 audio_seconds += batch.shape[0] * batch.shape[-1] / self.config.sampling_rate * acc.num_processes
                 micro += 1
                 if not acc.sync_gradients:
@@ -421,7 +424,10 @@ class EscTrainer:
                     revived = sum(reviver.maybe_revive(self.step, self._inner_optimizer).values())
                     if revived:
                         tqdm.write(f"step {self.step}: revived {revived} dead codebook entries")
-                total = acc.reduce(loss.detach(), reduction="mean").item()
+                # grad_norm exists on the last batch only: each term is the mean over the batches that have it.
+                terms = {k: torch.stack([t[k].float().mean() for t in pending if k in t]).mean() for k in pending[-1]}
+                pending.clear()
+                total = acc.reduce(terms.pop("loss"), reduction="mean").item()
                 self.last_losses.append(total)
                 progress.update(1)
                 if args.time_budget_minutes and not self.cycle_end_fixed:
