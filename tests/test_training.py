@@ -120,6 +120,22 @@ def test_gradient_accumulation_is_the_large_batch_in_parts(tmp_path, speech_dir)
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
 
 
+def test_adversarial_steps_log_both_models_losses(tmp_path, speech_dir):
+    """--adversarial: after the warm start the generator's step adds the adversarial and feature-matching terms and
+    the discriminators take their own step, each logged as the mean over the step's accumulated batches."""
+    trainer = EscTrainer(tiny_args(tmp_path, speech_dir, "--adversarial", "--max-steps", "3", "--warm-start-steps", "1",
+                                   "--gradient-accumulation-steps", "2", "--log-every", "1", "--save-every", "100",
+                                   "--eval-every", "0"))  # fmt: skip
+    trainer.train()
+    logs = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logs] == [1, 2, 3]
+    gan = ("train/adversarial", "train/feature_matching", "train/discriminator")
+    assert not any(k in logs[0] for k in gan), "no discriminator during the warm start"
+    for row in logs[1:]:
+        assert all(np.isfinite(row[k]) and row[k] > 0 for k in gan), row
+        assert row["train/loss"] > row["train/total"], "the adversarial terms add to the reconstruction loss"
+
+
 def test_time_budget_ends_the_cycle_as_max_steps_would(tmp_path, speech_dir):
     """--time_budget_minutes moves the cycle's end inside the warm-up, so the run is exactly the `--max_steps` run
     that ends there, and a resumed run keeps that end. A budget spent before the timing ends allows one more step

@@ -376,7 +376,7 @@ class EscTrainer:
         max_streams = self.config.num_streams
         grad_clip = args.generator_max_grad_norm_adv if args.adversarial else args.max_grad_norm
         progress = tqdm(total=args.max_steps, initial=self.step, disable=not acc.is_local_main_process, desc="train")
-        started, audio_seconds, micro = time.perf_counter(), 0.0, 0
+        started, audio_seconds = time.perf_counter(), 0.0
         self.last_losses: list[float] = []
         rows, evaluated_at = None, None
         # Each accumulated batch's loss terms: the step logs their mean, the loss of the whole batch it optimised.
@@ -416,7 +416,6 @@ class EscTrainer:
                         terms["discriminator"] = disc_loss
                 pending.append({"loss": loss.detach(), **{k: torch.as_tensor(v).detach() for k, v in terms.items()}})
                 audio_seconds += batch.shape[0] * batch.shape[-1] / self.config.sampling_rate * acc.num_processes
-                micro += 1
                 if not acc.sync_gradients:
                     continue
                 self.step += 1
@@ -438,7 +437,7 @@ class EscTrainer:
                         progress.total = args.max_steps
                 if self.step % args.log_every == 0 or self.step == args.max_steps:
                     elapsed = time.perf_counter() - started
-                    logs = {f"train/{k}": float(torch.as_tensor(v).detach().float().mean()) for k, v in terms.items()}
+                    logs = {f"train/{k}": v.item() for k, v in terms.items()}  # each a scalar: the step's mean
                     logs.update({"train/loss": total, "train/num_streams": num_streams, "train/warm_start": int(warm),
                                  "train/audio_seconds_per_second": audio_seconds / elapsed,
                                  "train/lr": self._inner_optimizer.param_groups[0]["lr"]})  # fmt: skip
