@@ -38,6 +38,11 @@ def tiny_args(tmp_path, data_dir, *extra):
                             "--batch-size", "2", "--crop-seconds", "0.5", *extra])  # fmt: skip
 
 
+def distance(state: dict, other: dict) -> float:
+    """The L2 norm of the difference of two models' weights, all of them as one vector."""
+    return torch.cat([(state[k].float() - other[k].float()).flatten() for k in state]).norm().item()
+
+
 def codebooks(state: dict) -> dict:
     return {k: v for k, v in state.items() if k.endswith("embedding.weight")}
 
@@ -102,22 +107,28 @@ def test_gradient_accumulation_is_the_large_batch_in_parts(tmp_path, speech_dir)
     common = ["--max-steps", "2", "--warm-start-steps", "5", "--log-every", "1", "--save-every", "100",
               "--eval-every", "0"]  # fmt: skip
     whole = EscTrainer(tiny_args(tmp_path / "a", speech_dir, *common, "--batch-size", "4"))
+    start = {k: v.clone() for k, v in whole.model.state_dict().items()}
     whole.train()
     parts = EscTrainer(tiny_args(tmp_path / "b", speech_dir, *common, "--batch-size", "2",
                                  "--gradient-accumulation-steps", "2"))  # fmt: skip
     parts.train()
     assert parts.step == whole.step == 2
-    np.testing.assert_allclose(parts.last_losses, whole.last_losses, rtol=1e-5)
     logs = [[json.loads(line) for line in (tmp_path / run / "run" / "train_log.jsonl").read_text().splitlines()]
             for run in ("a", "b")]  # fmt: skip
-    # The gradient's norm before clipping: a loss not divided by the number of batches would double it. Gradients
-    # move more than the loss with the first step's rounding-sized differences (7e-5 relative seen at step 2).
-    np.testing.assert_allclose([r["train/grad_norm"] for r in logs[1]], [r["train/grad_norm"] for r in logs[0]],
-                               rtol=1e-3)  # fmt: skip
+    # Step 1 starts from the same weights: only the order of the sums differs. At step 2 the weights differ where
+    # Adam's first step is rounding-sensitive (below): the loss and the gradient's norm (before clipping) stay within
+    # 1 % (7e-5 apart seen), where the last batch's loss alone was 3-6 % off and a loss not divided by the number of
+    # batches would double the gradient.
+    for step, rtol in ((0, 1e-5), (1, 1e-2)):
+        assert parts.last_losses[step] == pytest.approx(whole.last_losses[step], rel=rtol)
+        assert logs[1][step]["train/grad_norm"] == pytest.approx(logs[0][step]["train/grad_norm"], rel=rtol)
     a = load_file(str(tmp_path / "a" / "run" / "final" / "model.safetensors"))
     b = load_file(str(tmp_path / "b" / "run" / "final" / "model.safetensors"))
-    # A tenth of one step's size (lr 1e-3): an optimizer step per batch or other crops move weights by about 1e-3.
-    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-4
+    # How far the runs part, against how far the weights moved. Not element by element: Adam's first steps are
+    # lr * g / (|g| + eps), so a weight whose gradient is near 0 can move by up to lr (1e-3) either way with rounding
+    # (1.1e-3 apart in a CI run on 2 workers). Rounding parts them by 8e-4 of the move here; an optimizer step per
+    # batch (4 steps of 2 crops) by 0.83.
+    assert distance(a, b) < 0.05 * distance(a, start)
 
 
 def test_adversarial_steps_log_both_models_losses(tmp_path, speech_dir):
