@@ -43,6 +43,11 @@ def distance(state: dict, other: dict) -> float:
     return torch.cat([(state[k].float() - other[k].float()).flatten() for k in state]).norm().item()
 
 
+def train_log(run: Path) -> list[dict]:
+    """A run's `train_log.jsonl`, a dict a logged step."""
+    return [json.loads(line) for line in (run / "train_log.jsonl").read_text().splitlines()]
+
+
 def codebooks(state: dict) -> dict:
     return {k: v for k, v in state.items() if k.endswith("embedding.weight")}
 
@@ -113,8 +118,7 @@ def test_gradient_accumulation_is_the_large_batch_in_parts(tmp_path, speech_dir)
                                  "--gradient-accumulation-steps", "2"))  # fmt: skip
     parts.train()
     assert parts.step == whole.step == 2
-    logs = [[json.loads(line) for line in (tmp_path / run / "run" / "train_log.jsonl").read_text().splitlines()]
-            for run in ("a", "b")]  # fmt: skip
+    logs = [train_log(tmp_path / run / "run") for run in ("a", "b")]
     # Step 1 starts from the same weights: only the order of the sums differs. At step 2 the weights differ where
     # Adam's first step is rounding-sensitive (below): the loss and the gradient's norm (before clipping) stay within
     # 1 % (7e-5 apart seen), where the last batch's loss alone was 3-6 % off and a loss not divided by the number of
@@ -138,7 +142,7 @@ def test_adversarial_steps_log_both_models_losses(tmp_path, speech_dir):
                                    "--gradient-accumulation-steps", "2", "--log-every", "1", "--save-every", "100",
                                    "--eval-every", "0"))  # fmt: skip
     trainer.train()
-    logs = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    logs = train_log(tmp_path / "run")
     assert [r["step"] for r in logs] == [1, 2, 3]
     gan = ("train/adversarial", "train/feature_matching", "train/discriminator")
     assert not any(k in logs[0] for k in gan), "no discriminator during the warm start"
@@ -164,8 +168,8 @@ def test_time_budget_ends_the_cycle_as_max_steps_would(tmp_path, speech_dir):
     assert budget.args.max_steps == 7
     assert [budget.lr_multiplier(s) for s in range(40)] == [fixed.lr_multiplier(s) for s in range(40)]
     runs = {name: tmp_path / name / "run" for name in ("budget", "fixed")}
-    logs = {name: [{k: v for k, v in json.loads(line).items() if k != "train/audio_seconds_per_second"}
-                   for line in (run / "train_log.jsonl").read_text().splitlines()] for name, run in runs.items()}
+    logs = {name: [{k: v for k, v in row.items() if k != "train/audio_seconds_per_second"} for row in train_log(run)]
+            for name, run in runs.items()}
     assert [row["step"] for row in logs["budget"]] == list(range(1, 8))
     assert logs["budget"] == logs["fixed"]  # losses and learning rates, step by step
     weights = {name: load_file(str(run / "final" / "model.safetensors")) for name, run in runs.items()}
