@@ -99,7 +99,7 @@ def _stages(configs: list[str], ends: list[int]) -> tuple[str, float]:
     for number, (config, end) in enumerate(zip(configs, ends), 1):
         # max_steps as run (a cycle's config names the step its first cycle ended at; later ones pass --max_steps)
         recipe = _recipe(config, max_steps=str(end), **({"init_from": "-", "init_step": str(start)} if start else {}))
-        audio += (end - start) * recipe.batch_size * recipe.crop_seconds
+        audio += (end - start) * recipe.batch_size * recipe.gradient_accumulation_steps * recipe.crop_seconds
         origin = ("from scratch" if not start else f"continued from those weights (`--init_from`, `--init_step "
                   f"{start}`, fresh optimizer moments)")  # fmt: skip
         lines.append(f"{number}. steps {start + 1:,}–{end:,} {origin}, recipe `{config}` ({recipe.recipe_summary()})")

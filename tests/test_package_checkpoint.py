@@ -118,26 +118,34 @@ def test_the_card_compares_the_weights_with_the_base_clip_by_clip(run, tmp_path,
 
 def test_a_run_between_the_base_and_the_packaged_one(run, tmp_path, capsys):
     """A cycle that continued the shipped weights and was never packaged (`--between`), then the run: the card
-    describes both after the base's stages, the histories follow each other, and the comparison is with the base."""
-    last = training_run(tmp_path / "last", END + 4)
+    describes both after the base's stages, the histories follow each other, and the comparison is with the base.
+    The run's recipe accumulates batches: its steps count as the audio they saw."""
+    last_step = END + 1002
+    last = training_run(tmp_path / "last", last_step)
+    config = tmp_path / "accumulated.yaml"
+    config.write_text((ROOT / "examples" / "configs" / "esc-base-cpu-cycle.yaml").read_text()
+                      + "gradient_accumulation_steps: 4\n")  # fmt: skip
     output = tmp_path / "esc-base"
     code, _, err = run_script(SCRIPT, "--run", last, "--val", CLIPS, "--train", run / "train", "--output", output,
-                              "--config", "examples/configs/esc-base-cpu-cycle.yaml", "--command", "first",
+                              "--config", config, "--command", "first",
                               "--hardware", "a test machine", "--wall-time", "no time", *STAGES, "--base-config",
                               "examples/configs/esc-base-cpu-cycle.yaml", "--base-step", END + 2, "--between", run,
                               capsys=capsys, cwd=ROOT)  # fmt: skip
     assert code == 0, err[-3000:]
     card = (output / "README.md").read_text()
-    assert "Four stages:" in card and f"**{END + 4:,} steps**" in card
+    assert "Four stages:" in card and f"**{last_step:,} steps**" in card
+    # 8 × 1 s a step to the end of the run between, then 1,000 steps of 4 accumulated batches of 8 × 1 s
+    assert f"({(8 * (END + 2) + 4 * 8 * 1000) / 3600:.1f} h of audio seen)" in card
     continued = "continued from those weights (`--init_from`, `--init_step"
     assert f"3. steps {END + 1:,}–{END + 2:,} {continued} {END}`" in card
-    assert f"4. steps {END + 3:,}–{END + 4:,} {continued} {END + 2}`" in card
+    assert f"4. steps {END + 3:,}–{last_step:,} {continued} {END + 2}`, fresh optimizer moments), recipe " \
+           f"`{config}` (32 × 1 s crops (as 4 accumulated batches of 8)," in card
     steps = [row["step"] for row in read_history(output / "eval_history.csv")]
-    assert steps == sorted(steps) and steps[-3:] == [END, END + 2, END + 4]
+    assert steps == sorted(steps) and steps[-3:] == [END, END + 2, last_step]
     log = [json.loads(line)["step"] for line in (output / "train_log.jsonl").read_text().splitlines()]
-    assert log[-3:] == [END, END + 2, END + 4]
+    assert log[-3:] == [END, END + 2, last_step]
     assert f"### Against step {END:,}\n\n" in card  # the base's step, not the run between's
-    assert f"--init_step {END + 4} --max_steps {END + 6}`" in card
+    assert f"--init_step {last_step} --max_steps {2 * last_step - (END + 2)}`" in card
 
 
 @pytest.mark.parametrize("stages, message", [

@@ -353,6 +353,10 @@ def test_recipe_summary_follows_the_config():
                              "--init-from", "x", "--init-step", "10000"]).recipe_summary()  # fmt: skip
     assert "(lr 0.0003, 100 warm-up steps, cosine schedule restarted at step 10,000)" in cycle
     assert "quantizer dropout 0.75;" in cycle and "revival" not in cycle
+    accumulated = parse_arguments(["--config", str(configs / "esc-base-gpu-cycle.yaml"), "--data-dir", "-",
+                                   "--init-from", "x", "--init-step", "23400", "--batch-size", "6",
+                                   "--gradient-accumulation-steps", "6"]).recipe_summary()  # fmt: skip
+    assert accumulated.startswith("36 × 3 s crops (as 6 accumulated batches of 6), bf16 autocast")
     weighted = parse_arguments(["--data-dir", "-", "--phase-weight", "0.5", "--adversarial"]).recipe_summary()
     assert "anti-wrapping phase (weight 0.5)" in weighted and weighted.endswith("DAC's discriminators")
 

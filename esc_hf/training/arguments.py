@@ -161,7 +161,10 @@ class TrainingArguments:
         if self.phase_weight:
             losses.insert(1, f"anti-wrapping phase (weight {self.phase_weight:g})")
         gan = "DAC's discriminators" if self.adversarial else "no GAN"
-        return (f"{self.batch_size} × {self.crop_seconds:g} s crops, {precision}, {optimizer}, {vq}; "
+        crops = f"{self.batch_size * self.gradient_accumulation_steps} × {self.crop_seconds:g} s crops"
+        if self.gradient_accumulation_steps > 1:  # the same step as one batch: the card says how it was run
+            crops += f" (as {self.gradient_accumulation_steps} accumulated batches of {self.batch_size})"
+        return (f"{crops}, {precision}, {optimizer}, {vq}; "
                 f"{' + '.join(losses)} losses; {gan}")
 
     def model_config(self) -> EscConfig:
