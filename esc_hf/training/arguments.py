@@ -164,8 +164,7 @@ class TrainingArguments:
         crops = f"{self.batch_size * self.gradient_accumulation_steps} × {self.crop_seconds:g} s crops"
         if self.gradient_accumulation_steps > 1:  # the same step as one batch: the card says how it was run
             crops += f" (as {self.gradient_accumulation_steps} accumulated batches of {self.batch_size})"
-        return (f"{crops}, {precision}, {optimizer}, {vq}; "
-                f"{' + '.join(losses)} losses; {gan}")
+        return f"{crops}, {precision}, {optimizer}, {vq}; {' + '.join(losses)} losses; {gan}"
 
     def model_config(self) -> EscConfig:
         return EscConfig.from_variant(self.variant, **self.model_overrides)
