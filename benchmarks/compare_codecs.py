@@ -1,11 +1,12 @@
 """ESC against classical speech codecs on a folder of speech: PESQ-WB, STOI, mel distance, SI-SDR per bitrate.
 
     python benchmarks/compare_codecs.py [--data DIR] [--model DIR_OR_HUB_ID] [--codecs esc opus codec2 speex amr-wb]
-                                        [--out-dir compare] [--limit N] [--max-seconds S]
+                                        [--out-dir compare] [--limit N] [--max-seconds S] [--jobs N]
 
 Codecs (see `esc_hf/eval/baselines.py`): esc at every bitrate of the model (`--model`, default the packaged model: the
 output says which), Opus 6/9/12 kbps wideband, Codec2 3.2 kbps, Speex wideband, AMR-WB 6.6-12.65 kbps. A codec
-whose tool is missing is skipped with the reason.
+whose tool is missing is skipped with the reason. `--jobs N` codes and scores the clips in N processes of one thread
+each (one per core: the metrics and the classical codecs use one core whatever torch's threads).
 
 Writes OUT/compare.csv (one row per file, codec and rate), OUT/summary.csv (means) and OUT/rate_distortion.png.
 """
@@ -56,10 +57,10 @@ def describe_model(model, name: str | None) -> str:
 
 def run(
     data: Path, out_dir: Path, model_name: str | None = None, codec_names=None, limit=None, max_seconds=None, log=print,
-    label: str | None = None,
+    label: str | None = None, jobs: int = 1,
 ) -> tuple[list[dict], dict[str, str]]:
     """Runs the comparison; returns the summary and the codecs skipped, with why. `label` names the checkpoint in
-    the outputs (default: `model_name`)."""
+    the outputs (default: `model_name`); `jobs` processes code and score the clips (`baselines.compare`)."""
     from esc_hf import load_model
 
     model = load_model(model_name)
@@ -82,7 +83,7 @@ def run(
         f"{len(clips)} clips, {sum(a.size for _, a in clips) / RATE:.1f} s of speech; codecs: "
         f"{', '.join(c.name for c in available)}"
     )
-    rows = compare(clips, available, log)
+    rows = compare(clips, available, log, jobs)
     summary = summarize(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv([{**r, "checkpoint": checkpoint} for r in rows], out_dir / "compare.csv")
@@ -100,8 +101,11 @@ def main() -> None:
     parser.add_argument("--out-dir", type=Path, default=Path("compare"))
     parser.add_argument("--limit", type=int, help="use only the first N files")
     parser.add_argument("--max-seconds", type=float, help="cut every clip to this length")
+    parser.add_argument("--jobs", type=int, default=1, help="processes that code and score the clips, one thread each")
     args = parser.parse_args()
-    summary, _ = run(args.data, args.out_dir, args.model, args.codecs, args.limit, args.max_seconds)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
+    summary, _ = run(args.data, args.out_dir, args.model, args.codecs, args.limit, args.max_seconds, jobs=args.jobs)
     print(f"\n{'codec':>7} {'kbps':>6} {'file kbps':>9} {'PESQ':>6} {'STOI':>6} {'mel':>6} {'SI-SDR':>7}")
     for r in summary:
         print(

@@ -162,6 +162,8 @@ def main() -> None:
     parser.add_argument("--wall-time", required=True)
     parser.add_argument("--note", default="", help="what the numbers mean, how far from the target")
     parser.add_argument("--limit", type=int, help="evaluate on the first N clips only (a quick look)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="processes that code and score the clips, one thread each (compare_codecs.py --jobs)")
     parser.add_argument("--base", type=Path, help="the shipped folder the run continued (its --init_from)")
     parser.add_argument("--base-config", action="append", default=[],
                         help="with --base: the recipe of a stage that made it; repeat it for each stage, in order")
@@ -171,6 +173,8 @@ def main() -> None:
                         help="with --base: a training run that continued the base (or the previous --between) and "
                              "that --run continued; repeat in order, each ending at one of the last --base-steps")
     args = parser.parse_args()
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     if len({args.base is None, not args.base_config, not args.base_step}) > 1:
         parser.error("--base, --base-config and --base-step go together")
     if len(args.base_config) != len(args.base_step):
@@ -210,7 +214,7 @@ def main() -> None:
         EscFeatureExtractor(sampling_rate=model.config.sampling_rate).save_pretrained(tmp)
         fit_entropy_model.fit_into(tmp, args.train)  # before the evaluation, which measures real v2 files
         summary, skipped = compare_codecs.run(args.val, tmp, str(tmp), ["esc", "opus", "amr-wb"], args.limit,
-                                              label=f"checkpoints/esc-base at step {state['step']}")
+                                              label=f"checkpoints/esc-base at step {state['step']}", jobs=args.jobs)
         (tmp / "compare.csv").rename(tmp / "eval_per_clip.csv")
         (tmp / "summary.csv").rename(tmp / "eval.csv")
         if args.base is not None:

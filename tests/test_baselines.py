@@ -31,3 +31,9 @@ def test_code_and_score_of_a_classical_codec(tmp_path):
     assert decoded.shape == clip.shape and decoded.dtype == np.float32
     assert row["codec"] == "opus" and row["kbps"] == 12.0 and 0 <= row["lag_samples"] <= baselines.MAX_LAG
     assert row["pesq"] > 3.0 and row["si_sdr"] > 5
+
+
+@pytest.mark.parametrize("jobs", [0, -1, 1.5, True])
+def test_compare_refuses_bad_jobs(jobs):
+    with pytest.raises(ValueError, match="jobs must be a positive integer"):
+        baselines.compare([], [], jobs=jobs)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import SPEECH
+from conftest import SPEECH, run_script
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 import compare_codecs
@@ -55,3 +55,23 @@ def test_outputs(comparison):
     with open(out / "summary.csv") as handle:
         assert len(list(csv.DictReader(handle))) == len(summary)
     assert {r["codec"] for r in summary} == set(CODECS) - set(skipped)
+
+
+def test_jobs_give_the_same_rows(comparison, tmp_path):
+    """Forked processes code the same clips into the same files: names, rates, sizes and lags equal. The audio they
+    score may differ in float rounding (one thread per process against the parent's several), which moves a metric by
+    about 1e-6; 1e-3 still tells any other clip or rate apart (they differ by more than 0.01)."""
+    _, _, _, rows = comparison
+    compare_codecs.run(SPEECH[0].parent, tmp_path, max_seconds=2.0, log=lambda *_: None, jobs=2)
+    with open(tmp_path / "compare.csv") as handle:
+        forked = list(csv.DictReader(handle))
+    exact = ("file", "codec", "kbps", "file_kbps", "lag_samples", "checkpoint")
+    assert [[r[k] for k in exact] for r in forked] == [[r[k] for k in exact] for r in rows]
+    for one, other in zip(rows, forked):
+        for metric in ("pesq", "stoi", "mel_distance", "si_sdr"):
+            assert float(other[metric]) == pytest.approx(float(one[metric]), abs=1e-3), (metric, one, other)
+
+
+def test_the_command_refuses_no_jobs(capsys):
+    code, _, err = run_script(Path(compare_codecs.__file__), "--jobs", "0", capsys=capsys)
+    assert code == 2 and "--jobs must be at least 1, got 0" in err
