@@ -1,7 +1,7 @@
 """What the opt-in bf16 backbone costs in quality: codes and scores of a trained ESC model in bf16 vs float32.
 
     python benchmarks/bench_bf16_quality.py --clips ../shared/data/speech/val [--model DIR] [--kbps 1.5 9]
-        [--limit N] [--csv FILE]
+        [--limit N] [--jobs N] [--csv FILE]
 
 `EscModel.set_backbone_dtype(torch.bfloat16)` is the fast path `bench_codec.py` times; speed is measured there on
 random weights, but only a trained model says what the approximation does to the sound. Each clip is encoded and
@@ -12,6 +12,7 @@ PESQ-WB, STOI, mel distance and SI-SDR of each path. Default model: the packaged
 
 import argparse
 import copy
+import functools
 import sys
 from pathlib import Path
 
@@ -26,35 +27,43 @@ from compare_codecs import load_clips  # noqa: E402
 from esc_hf.eval.baselines import score  # noqa: E402
 from esc_hf.eval.metrics import METRICS  # noqa: E402
 from esc_hf.training.evaluation import write_csv  # noqa: E402
+from esc_hf.utils.processes import forked_map  # noqa: E402
 
 
-def measure(model, clips, rates) -> list[dict]:
+def measure(model, clips, rates, jobs: int = 1) -> list[dict]:
     """One row per rate: `codes_equal` (share of code entries equal to float32's) and each metric's mean for the
-    float32 (`<metric>_fp32`) and the bf16 path (`<metric>_bf16`)."""
+    float32 (`<metric>_fp32`) and the bf16 path (`<metric>_bf16`). With `jobs` > 1 the clips are coded and scored in
+    that many forked processes of one thread each."""
     import torch
 
     fast = copy.deepcopy(model).set_backbone_dtype(torch.bfloat16)
     rows = []
-    for kbps in rates:
-        num_streams = model.config.num_streams_for_bandwidth(kbps)
-        equal = total = 0
-        scores = {"fp32": [], "bf16": []}
-        for _, audio in clips:
-            waveform = torch.from_numpy(audio)[None, None]
-            codes = {}
-            with torch.inference_mode():
-                for name, m in (("fp32", model), ("bf16", fast)):
-                    codes[name] = m.encode(waveform, num_streams=num_streams).audio_codes
-                    decoded = m.decode(codes[name]).audio_values[0, 0, : audio.size].float().numpy()
-                    scores[name].append(score(audio, decoded))
-            equal += int((codes["bf16"] == codes["fp32"]).sum())
-            total += codes["fp32"].numel()
-        row = {"kbps": kbps, "clips": len(clips), "codes_equal": equal / total}
-        for metric in METRICS:
-            for name in ("fp32", "bf16"):
-                row[f"{metric}_{name}"] = float(np.nanmean([s[metric] for s in scores[name]]))
-        rows.append(row)
+    with forked_map(functools.partial(_both_paths, model, fast, clips), jobs) as map_:
+        for kbps in rates:
+            per_clip = list(map_([(model.config.num_streams_for_bandwidth(kbps), i) for i in range(len(clips))]))
+            equal, total = (sum(c[key] for c in per_clip) for key in ("equal", "total"))
+            row = {"kbps": kbps, "clips": len(clips), "codes_equal": equal / total}
+            for metric in METRICS:
+                for name in ("fp32", "bf16"):
+                    row[f"{metric}_{name}"] = float(np.nanmean([c[name][metric] for c in per_clip]))
+            rows.append(row)
     return rows
+
+
+def _both_paths(model, fast, clips, task: tuple[int, int]) -> dict:
+    """One clip through each path: the scores, and how many code entries bf16 got equal to float32."""
+    import torch
+
+    num_streams, clip = task
+    audio = clips[clip][1]
+    waveform = torch.from_numpy(audio)[None, None]
+    codes, result = {}, {}
+    with torch.inference_mode():
+        for name, m in (("fp32", model), ("bf16", fast)):
+            codes[name] = m.encode(waveform, num_streams=num_streams).audio_codes
+            decoded = m.decode(codes[name]).audio_values[0, 0, : audio.size].float().numpy()
+            result[name] = score(audio, decoded)
+    return {**result, "equal": int((codes["bf16"] == codes["fp32"]).sum()), "total": codes["fp32"].numel()}
 
 
 def main(argv=None) -> int:
@@ -65,8 +74,11 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, help="first N clips only")
     parser.add_argument("--max-seconds", type=float, default=10.0, help="cut each clip to this (default 10 s)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=1, help="processes that code and score the clips, one thread each")
     parser.add_argument("--csv", help="also write the table here")
     args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs must be at least 1, got {args.jobs}")
     import torch
 
     from esc_hf import DEFAULT_MODEL, EscModel
@@ -77,7 +89,7 @@ def main(argv=None) -> int:
         if kbps not in model.config.target_bandwidths:
             parser.error(f"--kbps {kbps:g}: this model codes at {', '.join(f'{b:g}' for b in model.config.target_bandwidths)}")
     clips = load_clips(args.clips, args.limit, args.max_seconds)
-    rows = measure(model, clips, args.kbps)
+    rows = measure(model, clips, args.kbps, args.jobs)
     print(f"bf16 backbone vs float32, {args.model or 'checkpoints/esc-base'}, {len(clips)} clips:")
     print("| kbps | codes = fp32 | " + " | ".join(f"{m} fp32 → bf16" for m in METRICS) + " |")
     for r in rows:

@@ -163,7 +163,7 @@ def main() -> None:
     parser.add_argument("--note", default="", help="what the numbers mean, how far from the target")
     parser.add_argument("--limit", type=int, help="evaluate on the first N clips only (a quick look)")
     parser.add_argument("--jobs", type=int, default=1,
-                        help="processes that code and score the clips, one thread each (compare_codecs.py --jobs)")
+                        help="processes, one thread each, that encode the training clips, code and score the val ones")
     parser.add_argument("--base", type=Path, help="the shipped folder the run continued (its --init_from)")
     parser.add_argument("--base-config", action="append", default=[],
                         help="with --base: the recipe of a stage that made it; repeat it for each stage, in order")
@@ -212,7 +212,8 @@ def main() -> None:
     with atomic_directory(args.output) as tmp:
         model.save_pretrained(tmp)
         EscFeatureExtractor(sampling_rate=model.config.sampling_rate).save_pretrained(tmp)
-        fit_entropy_model.fit_into(tmp, args.train)  # before the evaluation, which measures real v2 files
+        # Before the evaluation, which measures real v2 files.
+        fit_entropy_model.fit_into(tmp, args.train, jobs=args.jobs)
         summary, skipped = compare_codecs.run(args.val, tmp, str(tmp), ["esc", "opus", "amr-wb"], args.limit,
                                               label=f"checkpoints/esc-base at step {state['step']}", jobs=args.jobs)
         (tmp / "compare.csv").rename(tmp / "eval_per_clip.csv")
@@ -225,7 +226,7 @@ def main() -> None:
                     shutil.copy(args.run / name, tmp / name)
         esc = [r for r in summary if r["codec"] == "esc"]
         clips = compare_codecs.load_clips(args.val, args.limit, None)
-        bf16 = bench_bf16_quality.measure(model, clips, [1.5, 9.0])
+        bf16 = bench_bf16_quality.measure(model, clips, [1.5, 9.0], args.jobs)
         write_csv(bf16, tmp / "bf16_quality.csv")
         stages, seconds = _stages([*args.base_config, args.config], [*args.base_step, state["step"]])
         commands = "\n".join(args.command)

@@ -39,3 +39,21 @@ def test_scores_both_paths_and_the_float32_one_matches_the_model(tmp_path, capsy
 def test_a_rate_the_model_lacks_is_refused(capsys):
     code, _, err = run_script(BENCH, "--clips", CLIPS, "--kbps", 7, capsys=capsys)
     assert code == 2 and "--kbps 7" in err
+
+
+def test_two_processes_measure_what_one_does(monkeypatch):
+    """The forked processes run on one thread, and so does the one-process measurement here: the same kernels, so
+    the same codes and scores."""
+    monkeypatch.syspath_prepend(str(BENCH.parent))
+    import bench_bf16_quality
+    from compare_codecs import load_clips
+
+    model = EscModel.from_pretrained(DEFAULT_MODEL).eval()
+    clips = load_clips(CLIPS, None, 2.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        here = bench_bf16_quality.measure(model, clips, [1.5, 9.0])
+    finally:
+        torch.set_num_threads(threads)
+    assert bench_bf16_quality.measure(model, clips, [1.5, 9.0], jobs=2) == here

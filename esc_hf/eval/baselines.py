@@ -15,15 +15,12 @@ size of what the codec wrote (container and framing included) per second.
 Used by `benchmarks/compare_codecs.py` and the listening report (`esc report`).
 """
 
-import contextlib
 import ctypes
 import ctypes.util
 import math
-import multiprocessing
 import shutil
 import subprocess
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -32,6 +29,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from ..utils.processes import forked_map
 from .metrics import METRICS, mel_distance, pesq_wb, si_sdr, stoi
 
 RATE = 16000
@@ -255,49 +253,22 @@ def score(reference: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
 
 def compare(clips, codecs: list[Codec], log=print, jobs: int = 1) -> list[dict]:
     """One row per clip `(name, audio)`, codec and rate, in that order. With `jobs` > 1, that many forked processes
-    of one thread each code and score the clips: PESQ, STOI and the classical codecs use one core whatever torch's
-    threads, so one process leaves the others idle for most of a run (on Linux; where processes cannot be forked,
-    the clips are run here, one after another)."""
-    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
-        raise ValueError(f"jobs must be a positive integer, got {jobs!r}")
-    if jobs > 1 and "fork" not in multiprocessing.get_all_start_methods():
-        log(f"  {jobs} jobs need forked processes, which this platform lacks: running the clips one by one")
-        jobs = 1
-    global _WORK
-    _WORK = (clips, codecs)
-    context = multiprocessing.get_context("fork") if jobs > 1 else None
-    try:
-        # A process pool that raises (BrokenProcessPool) when a worker dies, where multiprocessing.Pool would wait
-        with ProcessPoolExecutor(jobs, context, _one_thread) if context else contextlib.nullcontext() as pool:
-            rows = []
-            for c, codec in enumerate(codecs):
-                for kbps in codec.rates:
-                    tasks = [(c, kbps, i) for i in range(len(clips))]
-                    rows += pool.map(_code_and_score_clip, tasks) if pool else map(_code_and_score_clip, tasks)
-                    log(f"  {codec.name:>7} {kbps:6g} kbps done")
-        return rows
-    finally:
-        _WORK = ()
+    of one thread each code and score the clips (`esc_hf.utils.processes.forked_map`): PESQ, STOI and the classical
+    codecs use one core whatever torch's threads, so one process leaves the others idle for most of a run."""
+    rows = []
 
+    def code_and_score_clip(task: tuple[int, float, int]) -> dict:
+        codec, kbps, clip = task
+        name, audio = clips[clip]
+        with tempfile.TemporaryDirectory() as tmp:  # a folder per clip: the classical codecs write fixed file names
+            return {"file": name, **code_and_score(codecs[codec], audio, kbps, Path(tmp))[1]}
 
-# What `compare` works on: forked processes inherit it (models, loaded libraries) instead of having it pickled.
-_WORK: tuple = ()
-
-
-def _one_thread() -> None:
-    import torch
-
-    # Before any op in the fork: the parent's OpenMP threads do not exist here, and one thread per process is the
-    # point of forking.
-    torch.set_num_threads(1)
-
-
-def _code_and_score_clip(task: tuple[int, float, int]) -> dict:
-    codec, kbps, clip = task
-    clips, codecs = _WORK
-    name, audio = clips[clip]
-    with tempfile.TemporaryDirectory() as tmp:  # a folder per clip: the classical codecs write fixed file names
-        return {"file": name, **code_and_score(codecs[codec], audio, kbps, Path(tmp))[1]}
+    with forked_map(code_and_score_clip, jobs, log) as map_:
+        for c, codec in enumerate(codecs):
+            for kbps in codec.rates:
+                rows += map_([(c, kbps, i) for i in range(len(clips))])
+                log(f"  {codec.name:>7} {kbps:6g} kbps done")
+    return rows
 
 
 def summarize(rows: list[dict]) -> list[dict]:
