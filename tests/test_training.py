@@ -1,6 +1,7 @@
 """Training on the CPU with the tiny config: learning, the warm-start switch, exact resume, data sources, and a
 two-process Accelerate run."""
 
+import csv
 import json
 import shutil
 import subprocess
@@ -13,10 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import SPEECH, free_port, run_script
-from esc_hf import EscModel
+from esc_hf import DEFAULT_MODEL, EscModel
 from esc_hf.codec.audio_io import list_audio_files
 from esc_hf.training.arguments import parse_arguments
 from esc_hf.training.data import decode_files
+from esc_hf.training.evaluation import evaluate_unquantized
 from esc_hf.training.trainer import EscTrainer, draw_num_streams
 
 
@@ -418,6 +420,20 @@ def test_evaluate_script_writes_table_csv_and_plot(tmp_path, capsys):
     assert (tmp_path / "rd.png").read_bytes()[:4] == b"\x89PNG"
     code, _, err = run_script(script, "--data", tmp_path / "no", "--out", tmp_path / "x.csv", capsys=capsys)
     assert code == 1 and "not found" in err
+
+
+def test_evaluate_script_scores_the_unquantized_ceiling(tmp_path, capsys):
+    script = ROOT / "examples" / "evaluate.py"
+    code, out, err = run_script(script, "--data", SPEECH[0].parent, "--out", tmp_path / "eval.csv", "--max-seconds", 1,
+                                "--unquantized", capsys=capsys)  # fmt: skip
+    assert code == 0, err[-2000:]
+    with (tmp_path / "eval.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["streams"] for r in rows] == ["1", "2", "3", "4", "5", "6", "0"]
+    clips = [clip[:16000] for clip in decode_files(list_audio_files(SPEECH[0].parent))]
+    expected = evaluate_unquantized(EscModel.from_pretrained(DEFAULT_MODEL).eval(), clips)
+    assert float(rows[-1]["pesq"]) == pytest.approx(expected["pesq"], abs=1e-4)
+    assert f"unquantized (the quantizers bypassed): PESQ {expected['pesq']:.3f}" in out
 
 
 def test_validation_inside_the_training_folder_is_warned_about(tmp_path, speech_dir, caplog):
